@@ -1,0 +1,182 @@
+//! The server's settings, checked once at start.
+//!
+//! Owns `Config` (every limit the server enforces, with its unit in the name)
+//! and its validation. It does no I/O and starts no threads; `main.rs` builds a
+//! `Config` from flags on the main thread, tests build one directly.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+/// The largest `--max-event-bytes` accepted. A declared body up to this size is
+/// drained by tiny_http when it is not read (see `server.rs`), so it must stay small.
+pub const MAX_EVENT_BYTES_LIMIT: usize = 16 * 1024 * 1024;
+
+/// Everything `run` needs. Build it with `Config::default()` and change fields.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Address to listen on; port 0 picks a free port.
+    pub listen: SocketAddr,
+    /// Polls that may wait at once; one more gets `503`.
+    pub max_waiters: usize,
+    /// Hold of a poll that names no `timeout`.
+    pub default_timeout: Duration,
+    /// Longest hold; larger `timeout` values are clamped to it.
+    pub max_timeout: Duration,
+    /// Newest events kept per channel (`--buffer`).
+    pub buffer_events: usize,
+    /// Events older than this are dropped; `None` keeps them until overwritten.
+    pub event_ttl: Option<Duration>,
+    /// Largest accepted event body.
+    pub max_event_bytes: usize,
+    /// Most channels that may exist at once.
+    pub max_channels: usize,
+    /// Bytes of stored events over all channels; beyond it the oldest are dropped.
+    pub max_stored_bytes: usize,
+    /// A connection that sends nothing for this long is closed; also bounds
+    /// each read of a request.
+    pub idle_timeout: Duration,
+    /// A write to a client that does not read for this long fails.
+    pub write_timeout: Duration,
+    /// Threads that may answer requests at once (publishes, immediate answers).
+    pub max_writers: usize,
+    /// `Access-Control-Allow-Origin` value; `None` sends no CORS headers.
+    pub cors_origin: Option<String>,
+    /// No access log.
+    pub quiet: bool,
+}
+
+impl Default for Config {
+    fn default() -> Config {
+        Config {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            max_waiters: 512,
+            default_timeout: Duration::from_secs(30),
+            max_timeout: Duration::from_secs(120),
+            buffer_events: 256,
+            event_ttl: None,
+            max_event_bytes: 65536,
+            max_channels: 10_000,
+            max_stored_bytes: 64 * 1024 * 1024,
+            idle_timeout: Duration::from_secs(75),
+            write_timeout: Duration::from_secs(10),
+            max_writers: 64,
+            cors_origin: None,
+            quiet: false,
+        }
+    }
+}
+
+/// Why a `Config` was refused; the message names the flag.
+#[derive(Debug, PartialEq, Eq)]
+pub struct ConfigError(pub String);
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+impl Config {
+    /// Refuses values the server cannot honour.
+    pub fn check(&self) -> Result<(), ConfigError> {
+        let fail = |msg: String| Err(ConfigError(msg));
+        if !(1..=100_000).contains(&self.max_waiters) {
+            return fail(format!(
+                "--max-waiters must be between 1 and 100000, got {}",
+                self.max_waiters
+            ));
+        }
+        if self.max_timeout.as_secs() > 3600 {
+            return fail(format!(
+                "--max-timeout must be at most 3600 seconds, got {}",
+                self.max_timeout.as_secs()
+            ));
+        }
+        if self.default_timeout > self.max_timeout {
+            return fail(format!(
+                "--default-timeout ({}) must not exceed --max-timeout ({})",
+                self.default_timeout.as_secs(),
+                self.max_timeout.as_secs()
+            ));
+        }
+        if !(1..=1_000_000).contains(&self.buffer_events) {
+            return fail(format!(
+                "--buffer must be between 1 and 1000000 events, got {}",
+                self.buffer_events
+            ));
+        }
+        if !(1..=MAX_EVENT_BYTES_LIMIT).contains(&self.max_event_bytes) {
+            return fail(format!(
+                "--max-event-bytes must be between 1 and {MAX_EVENT_BYTES_LIMIT}, got {}",
+                self.max_event_bytes
+            ));
+        }
+        if self.max_channels == 0 {
+            return fail("--max-channels must be at least 1".into());
+        }
+        if self.max_stored_bytes < self.max_event_bytes {
+            return fail(format!(
+                "--max-stored-bytes ({}) must be at least --max-event-bytes ({})",
+                self.max_stored_bytes, self.max_event_bytes
+            ));
+        }
+        if self.idle_timeout.is_zero() {
+            return fail("--idle-timeout must be at least 1 second".into());
+        }
+        if self.write_timeout.is_zero() {
+            return fail("--write-timeout must be at least 1 second".into());
+        }
+        if !(1..=10_000).contains(&self.max_writers) {
+            return fail(format!(
+                "--max-writers must be between 1 and 10000, got {}",
+                self.max_writers
+            ));
+        }
+        if let Some(origin) = &self.cors_origin {
+            let printable = origin.bytes().all(|b| (0x21..0x7f).contains(&b));
+            if origin.is_empty() || !printable {
+                return fail(format!(
+                    "--cors-origin must be `*` or an origin such as https://example.com, got {origin:?}"
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_pass_the_check() {
+        assert_eq!(Config::default().check(), Ok(()));
+    }
+
+    #[test]
+    fn default_timeout_above_max_timeout_is_refused() {
+        let config = Config {
+            default_timeout: Duration::from_secs(200),
+            ..Config::default()
+        };
+        let err = config.check().unwrap_err();
+        assert!(err.0.contains("--default-timeout"), "{err}");
+    }
+
+    #[test]
+    fn zero_waiters_and_bad_origin_are_refused() {
+        let config = Config {
+            max_waiters: 0,
+            ..Config::default()
+        };
+        assert!(config.check().unwrap_err().0.contains("--max-waiters"));
+        let config = Config {
+            cors_origin: Some("a b".into()),
+            ..Config::default()
+        };
+        assert!(config.check().unwrap_err().0.contains("--cors-origin"));
+    }
+}

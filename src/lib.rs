@@ -1,0 +1,50 @@
+//! abide: a small long-polling pub/sub server for Raspberry Pi class machines.
+//!
+//! Clients hold a GET open until something new is published on the channels
+//! they watch, or a timeout passes; publishers POST events. The design is
+//! synchronous: tiny_http takes requests, and each poll that has to wait is
+//! handed to a small-stack worker thread that blocks on a condvar, with the
+//! number of such workers capped. See ARCHITECTURE.md for the map.
+//!
+//! `run` serves until SIGINT/SIGTERM; `start` serves in the background and is
+//! what tests use (on port 0).
+
+pub mod channel;
+pub mod config;
+pub mod error;
+pub mod event;
+pub mod hub;
+pub mod pool;
+pub mod reply;
+pub mod request;
+pub mod server;
+pub mod shutdown;
+pub mod stats;
+
+use std::io;
+
+pub use config::Config;
+pub use error::Error;
+pub use server::{Running, start};
+pub use shutdown::Shutdown;
+
+/// Serves until SIGINT or SIGTERM, then answers every pending poll and returns.
+pub fn run(config: Config) -> io::Result<()> {
+    let running = start(config)?;
+    let shutdown = running.shutdown_handle();
+    let mut signals =
+        signal_hook::iterator::Signals::new([signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM])?;
+    let signals_handle = signals.handle();
+    let signal_thread = std::thread::Builder::new()
+        .name("abide-signals".into())
+        .stack_size(64 * 1024)
+        .spawn(move || {
+            if signals.forever().next().is_some() {
+                shutdown.trigger();
+            }
+        })?;
+    running.wait();
+    signals_handle.close();
+    let _ = signal_thread.join();
+    Ok(())
+}

@@ -1,0 +1,340 @@
+//! What a request asks for: routing and parameter checks.
+//!
+//! Turns a method, a request target and the one header that matters
+//! (`Last-Event-ID`) into an `Action`, or an `Error` naming what was wrong.
+//! Pure: it never sees a socket or tiny_http; the dispatch thread calls it.
+
+use std::time::Duration;
+
+use crate::error::Error;
+
+/// Most channels one `/events` poll may name.
+pub const MAX_POLL_CHANNELS: usize = 32;
+/// Largest `limit` a poll may ask for.
+pub const MAX_POLL_LIMIT: usize = 1000;
+/// `limit` when the poll names none.
+pub const DEFAULT_POLL_LIMIT: usize = 100;
+/// Longest channel name.
+pub const MAX_CHANNEL_NAME_BYTES: usize = 64;
+
+/// A long poll over one or more channels.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PollSpec {
+    /// Distinct, valid channel names, in the order given.
+    pub channels: Vec<String>,
+    /// Deliver events with ids above this.
+    pub cursor: u64,
+    /// How long to hold, already clamped to `--max-timeout` (zero: answer now).
+    pub timeout: Duration,
+    /// At most this many events in the answer.
+    pub limit: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    Publish { channel: String },
+    Poll(PollSpec),
+    ChannelInfo { channel: String },
+    DeleteChannel { channel: String },
+    Healthz,
+    Stats,
+    Metrics,
+    /// `OPTIONS` on a known route: `allow` lists its methods.
+    Options { allow: &'static str },
+}
+
+/// Poll timeouts in force (from `Config`).
+#[derive(Debug, Clone, Copy)]
+pub struct TimeoutLimits {
+    pub default_timeout: Duration,
+    pub max_timeout: Duration,
+}
+
+const ALLOW_CHANNEL_EVENTS: &str = "GET, POST, OPTIONS";
+const ALLOW_CHANNEL: &str = "GET, HEAD, DELETE, OPTIONS";
+const ALLOW_READ_ONLY: &str = "GET, HEAD, OPTIONS";
+const ALLOW_POLL: &str = "GET, OPTIONS";
+
+/// 1–64 ASCII letters, digits, `-`, `_` or `.`.
+pub fn valid_channel_name(name: &str) -> bool {
+    (1..=MAX_CHANNEL_NAME_BYTES).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+}
+
+fn channel_name(name: &str) -> Result<String, Error> {
+    if valid_channel_name(name) {
+        Ok(name.to_owned())
+    } else {
+        let shown: String = name.chars().take(80).collect();
+        Err(Error::BadRequest(format!(
+            "invalid channel name {shown:?}: use 1-64 ASCII letters, digits, '-', '_' or '.'"
+        )))
+    }
+}
+
+/// Routes a request. `target` is the request target as sent (`/path?query`).
+pub fn route(
+    method: &str,
+    target: &str,
+    last_event_id_header: Option<&str>,
+    limits: TimeoutLimits,
+) -> Result<Action, Error> {
+    let (path, query) = target.split_once('?').unwrap_or((target, ""));
+    let segments: Vec<&str> = path.split('/').collect();
+    let (allow, action) = match segments.as_slice() {
+        ["", "channels", name, "events"] => (
+            ALLOW_CHANNEL_EVENTS,
+            match method {
+                "POST" => Some(Action::Publish {
+                    channel: channel_name(name)?,
+                }),
+                "GET" => {
+                    let channels = vec![channel_name(name)?];
+                    Some(Action::Poll(poll_spec(
+                        channels,
+                        query,
+                        last_event_id_header,
+                        limits,
+                    )?))
+                }
+                _ => None,
+            },
+        ),
+        ["", "events"] => (
+            ALLOW_POLL,
+            match method {
+                "GET" => {
+                    let channels = channel_list(query)?;
+                    Some(Action::Poll(poll_spec(
+                        channels,
+                        query,
+                        last_event_id_header,
+                        limits,
+                    )?))
+                }
+                _ => None,
+            },
+        ),
+        ["", "channels", name] => (
+            ALLOW_CHANNEL,
+            match method {
+                "GET" | "HEAD" => Some(Action::ChannelInfo {
+                    channel: channel_name(name)?,
+                }),
+                "DELETE" => Some(Action::DeleteChannel {
+                    channel: channel_name(name)?,
+                }),
+                _ => None,
+            },
+        ),
+        ["", "healthz"] => (ALLOW_READ_ONLY, get_or_head(method, Action::Healthz)),
+        ["", "stats"] => (ALLOW_READ_ONLY, get_or_head(method, Action::Stats)),
+        ["", "metrics"] => (ALLOW_READ_ONLY, get_or_head(method, Action::Metrics)),
+        _ => {
+            let shown: String = path.chars().take(80).collect();
+            return Err(Error::NotFound(format!("no route for path {shown:?}")));
+        }
+    };
+    match action {
+        Some(action) => Ok(action),
+        None if method == "OPTIONS" => Ok(Action::Options { allow }),
+        None => Err(Error::MethodNotAllowed { allow }),
+    }
+}
+
+fn get_or_head(method: &str, action: Action) -> Option<Action> {
+    matches!(method, "GET" | "HEAD").then_some(action)
+}
+
+/// Query parameters as (name, value) pairs, each name at most once.
+fn params(query: &str) -> Result<Vec<(String, String)>, Error> {
+    let mut seen: Vec<(String, String)> = Vec::new();
+    for (key, value) in form_urlencoded::parse(query.as_bytes()) {
+        if seen.iter().any(|(k, _)| *k == key) {
+            return Err(Error::BadRequest(format!("parameter {key} given more than once")));
+        }
+        seen.push((key.into_owned(), value.into_owned()));
+    }
+    Ok(seen)
+}
+
+fn param<'a>(params: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    params
+        .iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.as_str())
+}
+
+fn channel_list(query: &str) -> Result<Vec<String>, Error> {
+    let params = params(query)?;
+    let list = param(&params, "channels")
+        .ok_or_else(|| Error::BadRequest("parameter channels is required, e.g. ?channels=a,b".into()))?;
+    let mut channels: Vec<String> = Vec::new();
+    for name in list.split(',') {
+        let name = channel_name(name)?;
+        if !channels.contains(&name) {
+            channels.push(name);
+        }
+    }
+    if channels.len() > MAX_POLL_CHANNELS {
+        return Err(Error::BadRequest(format!(
+            "parameter channels names {} channels; at most {MAX_POLL_CHANNELS} are allowed",
+            channels.len()
+        )));
+    }
+    Ok(channels)
+}
+
+fn poll_spec(
+    channels: Vec<String>,
+    query: &str,
+    last_event_id_header: Option<&str>,
+    limits: TimeoutLimits,
+) -> Result<PollSpec, Error> {
+    let params = params(query)?;
+    let cursor = match (param(&params, "last_event_id"), last_event_id_header) {
+        (Some(value), _) => parse_u64("parameter last_event_id", value)?,
+        (None, Some(value)) => parse_u64("header Last-Event-ID", value.trim())?,
+        (None, None) => 0,
+    };
+    let timeout = match param(&params, "timeout") {
+        Some(value) => {
+            Duration::from_secs(parse_u64("parameter timeout", value)?).min(limits.max_timeout)
+        }
+        None => limits.default_timeout,
+    };
+    let limit = match param(&params, "limit") {
+        Some(value) => {
+            let limit = parse_u64("parameter limit", value)?;
+            if !(1..=MAX_POLL_LIMIT as u64).contains(&limit) {
+                return Err(Error::BadRequest(format!(
+                    "parameter limit must be between 1 and {MAX_POLL_LIMIT}, got {limit}"
+                )));
+            }
+            limit as usize
+        }
+        None => DEFAULT_POLL_LIMIT,
+    };
+    Ok(PollSpec {
+        channels,
+        cursor,
+        timeout,
+        limit,
+    })
+}
+
+fn parse_u64(what: &str, value: &str) -> Result<u64, Error> {
+    let digits_only = !value.is_empty() && value.bytes().all(|b| b.is_ascii_digit());
+    match value.parse::<u64>() {
+        Ok(n) if digits_only => Ok(n),
+        _ => {
+            let shown: String = value.chars().take(40).collect();
+            Err(Error::BadRequest(format!(
+                "{what} must be a non-negative integer, got {shown:?}"
+            )))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LIMITS: TimeoutLimits = TimeoutLimits {
+        default_timeout: Duration::from_secs(30),
+        max_timeout: Duration::from_secs(120),
+    };
+
+    fn poll(target: &str, header: Option<&str>) -> Result<PollSpec, Error> {
+        match route("GET", target, header, LIMITS)? {
+            Action::Poll(spec) => Ok(spec),
+            other => panic!("not a poll: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn channel_names_follow_the_contract() {
+        assert!(valid_channel_name("a"));
+        assert!(valid_channel_name("Sensor_1.temp-c"));
+        assert!(valid_channel_name(&"x".repeat(64)));
+        assert!(!valid_channel_name(""));
+        assert!(!valid_channel_name(&"x".repeat(65)));
+        assert!(!valid_channel_name("a b"));
+        assert!(!valid_channel_name("a/b"));
+        assert!(!valid_channel_name("é"));
+        assert!(!valid_channel_name("a%20b"));
+    }
+
+    #[test]
+    fn poll_defaults_and_clamping() {
+        let spec = poll("/channels/a/events", None).unwrap();
+        assert_eq!(spec.channels, ["a"]);
+        assert_eq!(spec.cursor, 0);
+        assert_eq!(spec.timeout, Duration::from_secs(30));
+        assert_eq!(spec.limit, DEFAULT_POLL_LIMIT);
+        let spec = poll("/channels/a/events?timeout=999&limit=1000&last_event_id=5", None).unwrap();
+        assert_eq!(spec.timeout, Duration::from_secs(120));
+        assert_eq!(spec.limit, 1000);
+        assert_eq!(spec.cursor, 5);
+        assert_eq!(poll("/channels/a/events?timeout=0", None).unwrap().timeout, Duration::ZERO);
+    }
+
+    #[test]
+    fn cursor_comes_from_the_parameter_then_the_header() {
+        assert_eq!(poll("/channels/a/events", Some("42")).unwrap().cursor, 42);
+        assert_eq!(poll("/channels/a/events?last_event_id=7", Some("42")).unwrap().cursor, 7);
+        let err = poll("/channels/a/events", Some("x")).unwrap_err();
+        assert!(err.to_string().contains("Last-Event-ID"), "{err}");
+    }
+
+    #[test]
+    fn bad_parameters_name_themselves() {
+        for (target, word) in [
+            ("/channels/a/events?last_event_id=-1", "last_event_id"),
+            ("/channels/a/events?last_event_id=%2B1", "last_event_id"),
+            ("/channels/a/events?last_event_id=99999999999999999999999", "last_event_id"),
+            ("/channels/a/events?timeout=1.5", "timeout"),
+            ("/channels/a/events?timeout=", "timeout"),
+            ("/channels/a/events?limit=0", "limit"),
+            ("/channels/a/events?limit=1001", "limit"),
+            ("/channels/a/events?limit=1&limit=2", "limit"),
+            ("/events", "channels"),
+            ("/events?channels=a,,b", "channel name"),
+            ("/channels/a%20b/events", "channel name"),
+        ] {
+            let err = poll(target, None).unwrap_err();
+            assert_eq!(err.status(), 400, "{target}");
+            assert!(err.to_string().contains(word), "{target}: {err}");
+        }
+    }
+
+    #[test]
+    fn multi_channel_polls_dedupe_and_cap() {
+        let spec = poll("/events?channels=a,b,a", None).unwrap();
+        assert_eq!(spec.channels, ["a", "b"]);
+        let many: Vec<String> = (0..33).map(|i| format!("c{i}")).collect();
+        let err = poll(&format!("/events?channels={}", many.join(",")), None).unwrap_err();
+        assert!(err.to_string().contains("at most 32"), "{err}");
+    }
+
+    #[test]
+    fn routes_methods_and_unknown_paths() {
+        let r = |m, t| route(m, t, None, LIMITS);
+        assert_eq!(r("POST", "/channels/a/events").unwrap(), Action::Publish { channel: "a".into() });
+        assert_eq!(r("DELETE", "/channels/a").unwrap(), Action::DeleteChannel { channel: "a".into() });
+        assert_eq!(r("GET", "/channels/a").unwrap(), Action::ChannelInfo { channel: "a".into() });
+        assert_eq!(r("GET", "/healthz").unwrap(), Action::Healthz);
+        assert_eq!(r("HEAD", "/stats").unwrap(), Action::Stats);
+        assert_eq!(r("GET", "/metrics?x=1").unwrap(), Action::Metrics);
+        assert_eq!(
+            r("PUT", "/channels/a/events").unwrap_err(),
+            Error::MethodNotAllowed { allow: ALLOW_CHANNEL_EVENTS }
+        );
+        assert_eq!(r("OPTIONS", "/events").unwrap(), Action::Options { allow: ALLOW_POLL });
+        assert_eq!(r("GET", "/nope").unwrap_err().status(), 404);
+        assert_eq!(r("GET", "/channels/a/events/").unwrap_err().status(), 404);
+        assert_eq!(r("GET", "").unwrap_err().status(), 404);
+    }
+}

@@ -1,0 +1,104 @@
+//! The server's figures, as JSON (`/stats`) and Prometheus text (`/metrics`).
+//!
+//! Owns `Stats` and its two renderings, plus a reading of the process's own
+//! thread count and resident memory from `/proc/self/status` (Linux; absent
+//! elsewhere). Called on the writer thread that answers the request.
+
+use std::fmt::Write as _;
+
+use serde::Serialize;
+
+/// A snapshot of the server's state and counters.
+#[derive(Debug, Clone, Serialize)]
+pub struct Stats {
+    /// Polls holding a wait slot now.
+    pub waiters: usize,
+    pub max_waiters: usize,
+    /// Most polls that held a slot at once since start.
+    pub peak_waiters: usize,
+    /// Channels that hold events or have waiters.
+    pub channels: usize,
+    pub events_stored: usize,
+    pub stored_bytes: usize,
+    pub events_published: u64,
+    /// Events written in poll answers (counted per answer, per event).
+    pub events_delivered: u64,
+    /// Events dropped by overflow, age or the memory limit before deletion.
+    pub events_dropped: u64,
+    pub polls_timed_out: u64,
+    /// Polls refused with `503` because every wait slot was taken.
+    pub polls_rejected: u64,
+    /// Failed `accept` calls (each restarts the listener).
+    pub accept_errors: u64,
+    /// Connections kept open because their declared body was too large to drain.
+    pub bodies_parked: u64,
+    pub uptime_seconds: u64,
+    /// Threads of the process (Linux only).
+    pub threads: Option<u64>,
+    /// Resident memory of the process in bytes (Linux only).
+    pub resident_bytes: Option<u64>,
+}
+
+impl Stats {
+    /// Fills `threads` and `resident_bytes` from `/proc/self/status`.
+    pub fn with_process_figures(mut self) -> Stats {
+        if let Ok(status) = std::fs::read_to_string("/proc/self/status") {
+            self.threads = status_field(&status, "Threads:");
+            self.resident_bytes = status_field(&status, "VmRSS:").map(|kib| kib * 1024);
+        }
+        self
+    }
+
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).expect("stats serialize")
+    }
+
+    /// The Prometheus text exposition format, version 0.0.4.
+    pub fn to_prometheus(&self) -> String {
+        let mut out = String::with_capacity(2048);
+        let mut metric = |name: &str, kind: &str, help: &str, value: Option<u64>| {
+            if let Some(value) = value {
+                let _ = writeln!(out, "# HELP abide_{name} {help}");
+                let _ = writeln!(out, "# TYPE abide_{name} {kind}");
+                let _ = writeln!(out, "abide_{name} {value}");
+            }
+        };
+        let n = |v: usize| Some(v as u64);
+        metric("waiters", "gauge", "Polls holding a wait slot.", n(self.waiters));
+        metric("max_waiters", "gauge", "Wait slots (--max-waiters).", n(self.max_waiters));
+        metric("peak_waiters", "gauge", "Most polls waiting at once since start.", n(self.peak_waiters));
+        metric("channels", "gauge", "Channels holding events or waiters.", n(self.channels));
+        metric("events_stored", "gauge", "Events held in channel buffers.", n(self.events_stored));
+        metric("stored_bytes", "gauge", "Bytes counted against --max-stored-bytes.", n(self.stored_bytes));
+        metric("events_published_total", "counter", "Events published.", Some(self.events_published));
+        metric("events_delivered_total", "counter", "Events written in poll answers.", Some(self.events_delivered));
+        metric("events_dropped_total", "counter", "Events dropped by overflow, age or memory limit.", Some(self.events_dropped));
+        metric("polls_timed_out_total", "counter", "Polls answered 204 after their timeout.", Some(self.polls_timed_out));
+        metric("polls_rejected_total", "counter", "Polls refused because every wait slot was taken.", Some(self.polls_rejected));
+        metric("accept_errors_total", "counter", "Failed accept calls.", Some(self.accept_errors));
+        metric("bodies_parked_total", "counter", "Connections parked for an undrainable declared body.", Some(self.bodies_parked));
+        metric("uptime_seconds", "gauge", "Seconds since start.", Some(self.uptime_seconds));
+        metric("threads", "gauge", "Threads of the process.", self.threads);
+        metric("resident_bytes", "gauge", "Resident memory of the process.", self.resident_bytes);
+        out
+    }
+}
+
+/// The number after `field` in a `/proc/self/status` text.
+fn status_field(status: &str, field: &str) -> Option<u64> {
+    let line = status.lines().find(|l| l.starts_with(field))?;
+    line[field.len()..].split_whitespace().next()?.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_proc_status_fields() {
+        let status = "Name:\tabide\nVmRSS:\t    2048 kB\nThreads:\t7\n";
+        assert_eq!(status_field(status, "Threads:"), Some(7));
+        assert_eq!(status_field(status, "VmRSS:"), Some(2048));
+        assert_eq!(status_field(status, "VmSwap:"), None);
+    }
+}
