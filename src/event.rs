@@ -124,7 +124,7 @@ mod tests {
         let v: serde_json::Value = serde_json::from_str(&ev.json).unwrap();
         assert_eq!(v["id"], 7);
         assert_eq!(v["channel"], "room-1");
-        assert_eq!(v["timestamp"], "2026-09-22T14:13:20.123Z");
+        assert_eq!(v["timestamp"], "2026-09-21T14:13:20.123Z");
         assert_eq!(v["data"]["t"], 21.5);
     }
 }
