@@ -1,0 +1,240 @@
+//! The one helper integration tests share: start the real server on an
+//! ephemeral loopback port, talk HTTP to it (ureq, or raw bytes), and wait for
+//! conditions with deadlines.
+#![allow(dead_code)]
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+use abide::{Config, Shutdown};
+
+/// Hang guard for anything a test waits on (generous: the suite must not be
+/// flaky on 2 loaded cores).
+pub const HANG_GUARD: Duration = Duration::from_secs(30);
+
+/// A server started in this process; stopped (and joined) on drop.
+pub struct TestServer {
+    pub addr: SocketAddr,
+    shutdown: Shutdown,
+    thread: Option<JoinHandle<()>>,
+    agent: ureq::Agent,
+}
+
+/// A finished HTTP exchange.
+#[derive(Debug)]
+pub struct Resp {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+}
+
+impl Resp {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.body)
+            .unwrap_or_else(|e| panic!("body is not JSON ({e}): {:?}", self.body))
+    }
+
+    /// The ids of a `200` poll answer.
+    pub fn ids(&self) -> Vec<u64> {
+        assert_eq!(self.status, 200, "not a 200 poll answer: {self:?}");
+        self.json()
+            .as_array()
+            .expect("array")
+            .iter()
+            .map(|e| e["id"].as_u64().expect("integer id"))
+            .collect()
+    }
+
+    /// Asserts a JSON error answer with `status` whose message contains `word`.
+    pub fn assert_error(&self, status: u16, word: &str) {
+        assert_eq!(self.status, status, "{self:?}");
+        assert_eq!(self.header("content-type"), Some("application/json"), "{self:?}");
+        let message = self.json()["error"].as_str().expect("error string").to_string();
+        assert!(message.contains(word), "error {message:?} does not name {word:?}");
+    }
+}
+
+/// A config for tests: loopback, port 0, no access log.
+pub fn config() -> Config {
+    Config {
+        listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+        quiet: true,
+        ..Config::default()
+    }
+}
+
+pub fn start() -> TestServer {
+    start_with(config())
+}
+
+pub fn start_with(config: Config) -> TestServer {
+    let running = abide::start(config).expect("server starts");
+    let addr = running.local_addr();
+    let shutdown = running.shutdown_handle();
+    let thread = thread::spawn(move || running.wait());
+    let agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(200)))
+        .build()
+        .into();
+    TestServer {
+        addr,
+        shutdown,
+        thread: Some(thread),
+        agent,
+    }
+}
+
+impl TestServer {
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    pub fn get(&self, path: &str) -> Resp {
+        into_resp(self.agent.get(self.url(path)).call())
+    }
+
+    pub fn get_with_header(&self, path: &str, name: &str, value: &str) -> Resp {
+        into_resp(self.agent.get(self.url(path)).header(name, value).call())
+    }
+
+    pub fn post(&self, path: &str, body: &str) -> Resp {
+        into_resp(
+            self.agent
+                .post(self.url(path))
+                .header("Content-Type", "application/json")
+                .send(body),
+        )
+    }
+
+    pub fn delete(&self, path: &str) -> Resp {
+        into_resp(self.agent.delete(self.url(path)).call())
+    }
+
+    /// Publishes `data` on `channel` and returns the stored event's id.
+    pub fn publish(&self, channel: &str, data: &str) -> u64 {
+        let resp = self.post(&format!("/channels/{channel}/events"), data);
+        assert_eq!(resp.status, 201, "{resp:?}");
+        resp.json()["id"].as_u64().expect("id")
+    }
+
+    pub fn stats(&self) -> serde_json::Value {
+        let resp = self.get("/stats");
+        assert_eq!(resp.status, 200, "{resp:?}");
+        resp.json()
+    }
+
+    /// Waits until `/stats` field `name` satisfies `ok`, or panics at the deadline.
+    pub fn wait_for_stat(&self, name: &str, ok: impl Fn(u64) -> bool) {
+        let what = format!("stat {name}");
+        wait_until(&what, || self.stats()[name].as_u64().is_some_and(&ok));
+    }
+
+    /// Starts `GET path` on its own thread; join it for the answer.
+    pub fn spawn_get(&self, path: &str) -> JoinHandle<Resp> {
+        let agent = self.agent.clone();
+        let url = self.url(path);
+        thread::spawn(move || into_resp(agent.get(url).call()))
+    }
+
+    pub fn shutdown_handle(&self) -> Shutdown {
+        self.shutdown.clone()
+    }
+
+    /// Triggers shutdown and waits for the server to finish; returns how long
+    /// the stop took.
+    pub fn stop(mut self) -> Duration {
+        self.stop_inner()
+    }
+
+    fn stop_inner(&mut self) -> Duration {
+        let begun = Instant::now();
+        self.shutdown.trigger();
+        if let Some(thread) = self.thread.take() {
+            join_within(thread, "server stop");
+        }
+        begun.elapsed()
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        if self.thread.is_some() {
+            self.stop_inner();
+        }
+    }
+}
+
+fn into_resp(result: Result<ureq::http::Response<ureq::Body>, ureq::Error>) -> Resp {
+    let mut response = result.unwrap_or_else(|e| panic!("request failed: {e}"));
+    let status = response.status().as_u16();
+    let headers = response
+        .headers()
+        .iter()
+        .map(|(n, v)| (n.as_str().to_string(), v.to_str().unwrap_or("").to_string()))
+        .collect();
+    let body = response
+        .body_mut()
+        .with_config()
+        .limit(256 * 1024 * 1024)
+        .read_to_string()
+        .unwrap_or_default();
+    Resp {
+        status,
+        headers,
+        body,
+    }
+}
+
+/// Joins `thread`, panicking if it has not finished within `HANG_GUARD`.
+pub fn join_within<T>(thread: JoinHandle<T>, what: &str) -> T {
+    wait_until(what, || thread.is_finished());
+    thread.join().unwrap_or_else(|_| panic!("{what}: thread panicked"))
+}
+
+/// Polls `condition` until it holds, panicking after `HANG_GUARD`.
+pub fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
+    let deadline = Instant::now() + HANG_GUARD;
+    while !condition() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        thread::sleep(Duration::from_millis(5)); // sync-ok: re-check a condition before its deadline
+    }
+}
+
+/// Sends `bytes` on a fresh connection and returns everything the server
+/// writes back until it closes the connection or `read_for` passes.
+pub fn raw(addr: SocketAddr, bytes: &[u8], read_for: Duration) -> String {
+    let mut stream = TcpStream::connect(addr).expect("connect");
+    stream.set_read_timeout(Some(read_for)).unwrap();
+    stream.write_all(bytes).expect("send");
+    read_until_close(&mut stream)
+}
+
+/// Reads until EOF, a read timeout, or an error; returns what was read.
+pub fn read_until_close(stream: &mut TcpStream) -> String {
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match stream.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The status code of the first final (non-1xx) response in raw text.
+pub fn final_status(raw: &str) -> Option<u16> {
+    raw.split("HTTP/1.")
+        .filter_map(|part| part.get(2..5)?.parse::<u16>().ok())
+        .find(|code| *code >= 200)
+}
