@@ -62,7 +62,10 @@ impl fmt::Display for Error {
             Error::BodyTimeout => f.write_str("request body not received within --idle-timeout"),
             Error::Gone(channel) => write!(f, "channel {channel} was deleted"),
             Error::TooLarge { limit_bytes } => {
-                write!(f, "event body exceeds --max-event-bytes ({limit_bytes} bytes)")
+                write!(
+                    f,
+                    "event body exceeds --max-event-bytes ({limit_bytes} bytes)"
+                )
             }
         }
     }
@@ -77,7 +80,12 @@ mod tests {
         let err = Error::TooLarge { limit_bytes: 10 };
         assert_eq!(err.status(), 413);
         let body: serde_json::Value = serde_json::from_str(&err.to_json()).unwrap();
-        assert!(body["error"].as_str().unwrap().contains("--max-event-bytes"));
+        assert!(
+            body["error"]
+                .as_str()
+                .unwrap()
+                .contains("--max-event-bytes")
+        );
         let err = Error::BadRequest("bad \"quote\"".into());
         let body: serde_json::Value = serde_json::from_str(&err.to_json()).unwrap();
         assert_eq!(body["error"], "bad \"quote\"");

@@ -40,8 +40,9 @@ impl Event {
         debug_assert!(crate::request::valid_channel_name(channel));
         let timestamp = humantime::format_rfc3339_millis(at);
         // Channel names and timestamps hold no character that JSON escapes.
-        let json =
-            format!(r#"{{"id":{id},"channel":"{channel}","timestamp":"{timestamp}","data":{data_json}}}"#);
+        let json = format!(
+            r#"{{"id":{id},"channel":"{channel}","timestamp":"{timestamp}","data":{data_json}}}"#
+        );
         Arc::new(Event {
             id,
             stored_at,

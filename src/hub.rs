@@ -189,7 +189,10 @@ impl Hub {
             return Err(shutting_down());
         }
         let dropped = st.expire(now, limits);
-        self.shared.counters.events_dropped.fetch_add(dropped as u64, Relaxed);
+        self.shared
+            .counters
+            .events_dropped
+            .fetch_add(dropped as u64, Relaxed);
 
         // A cursor this server cannot have issued is answered with what is held.
         let future = spec.cursor > st.ids.horizon(wall_micros(SystemTime::now()));
@@ -217,7 +220,10 @@ impl Hub {
                 retry_after_secs: 1 + fastrand::u32(0..4),
             });
         }
-        let new_channels = names.iter().filter(|n| !st.channels.contains_key(**n)).count();
+        let new_channels = names
+            .iter()
+            .filter(|n| !st.channels.contains_key(**n))
+            .count();
         if st.channels.len() + new_channels > limits.max_channels {
             return Err(too_many_channels(limits.max_channels));
         }
@@ -276,7 +282,10 @@ impl Hub {
             }
             let now = Instant::now();
             let dropped = st.expire(now, limits);
-            self.shared.counters.events_dropped.fetch_add(dropped as u64, Relaxed);
+            self.shared
+                .counters
+                .events_dropped
+                .fetch_add(dropped as u64, Relaxed);
             let batch = st.read(&names, ticket.cursor, ticket.limit);
             if !batch.events.is_empty() {
                 break Answer::Events {
@@ -320,7 +329,10 @@ impl Hub {
     pub fn channel_info(&self, channel: &str) -> Option<serde_json::Value> {
         let mut st = self.shared.state.lock();
         let dropped = st.expire(Instant::now(), &self.shared.limits);
-        self.shared.counters.events_dropped.fetch_add(dropped as u64, Relaxed);
+        self.shared
+            .counters
+            .events_dropped
+            .fetch_add(dropped as u64, Relaxed);
         let ch = st.channels.get(channel)?;
         Some(serde_json::json!({
             "channel": channel,
@@ -370,7 +382,10 @@ impl Hub {
         let (waiters, peak_waiters, channels, events_stored, stored_bytes) = {
             let mut st = self.shared.state.lock();
             let dropped = st.expire(Instant::now(), &self.shared.limits);
-            self.shared.counters.events_dropped.fetch_add(dropped as u64, Relaxed);
+            self.shared
+                .counters
+                .events_dropped
+                .fetch_add(dropped as u64, Relaxed);
             (
                 st.waiters,
                 st.peak_waiters,

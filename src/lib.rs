@@ -32,8 +32,10 @@ pub use shutdown::Shutdown;
 pub fn run(config: Config) -> io::Result<()> {
     let running = start(config)?;
     let shutdown = running.shutdown_handle();
-    let mut signals =
-        signal_hook::iterator::Signals::new([signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM])?;
+    let mut signals = signal_hook::iterator::Signals::new([
+        signal_hook::consts::SIGINT,
+        signal_hook::consts::SIGTERM,
+    ])?;
     let signals_handle = signals.handle();
     let signal_thread = std::thread::Builder::new()
         .name("abide-signals".into())

@@ -210,9 +210,13 @@ mod tests {
     #[test]
     fn a_panicking_job_does_not_lose_the_worker_count() {
         let pool = pool(1);
-        pool.submit(Box::new(|| panic!("boom"))).map_err(|_| ()).unwrap();
+        pool.submit(Box::new(|| panic!("boom")))
+            .map_err(|_| ())
+            .unwrap();
         let (tx, rx) = bounded(1);
-        pool.submit(Box::new(move || tx.send(1).unwrap())).map_err(|_| ()).unwrap();
+        pool.submit(Box::new(move || tx.send(1).unwrap()))
+            .map_err(|_| ())
+            .unwrap();
         assert_eq!(rx.recv_timeout(Duration::from_secs(5)).unwrap(), 1);
         assert_eq!(pool.join(Instant::now() + Duration::from_secs(5)), 0);
     }

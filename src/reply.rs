@@ -54,7 +54,9 @@ impl Reply {
             Error::MethodNotAllowed { allow } => reply.headers.push(("Allow", (*allow).into())),
             Error::Busy {
                 retry_after_secs, ..
-            } => reply.headers.push(("Retry-After", retry_after_secs.to_string())),
+            } => reply
+                .headers
+                .push(("Retry-After", retry_after_secs.to_string())),
             _ => {}
         }
         reply
@@ -112,7 +114,10 @@ mod tests {
             Event::new(1, "a", SystemTime::now(), Instant::now(), "1"),
             Event::new(2, "a", SystemTime::now(), Instant::now(), r#""two""#),
         ];
-        let reply = Reply::poll(Answer::Events { events, missed: true });
+        let reply = Reply::poll(Answer::Events {
+            events,
+            missed: true,
+        });
         assert_eq!(reply.status, 200);
         assert_eq!(reply.events, 2);
         assert_eq!(reply.header("cache-control"), Some("no-store"));
@@ -135,7 +140,9 @@ mod tests {
         assert_eq!(reply.header("Retry-After"), Some("3"));
         let reply = Reply::error(&Error::MethodNotAllowed { allow: "GET" });
         assert_eq!(reply.header("Allow"), Some("GET"));
-        let reply = Reply::poll(Answer::Gone { channel: "x".into() });
+        let reply = Reply::poll(Answer::Gone {
+            channel: "x".into(),
+        });
         assert_eq!(reply.status, 410);
     }
 }

@@ -32,15 +32,23 @@ pub struct PollSpec {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Action {
-    Publish { channel: String },
+    Publish {
+        channel: String,
+    },
     Poll(PollSpec),
-    ChannelInfo { channel: String },
-    DeleteChannel { channel: String },
+    ChannelInfo {
+        channel: String,
+    },
+    DeleteChannel {
+        channel: String,
+    },
     Healthz,
     Stats,
     Metrics,
     /// `OPTIONS` on a known route: `allow` lists its methods.
-    Options { allow: &'static str },
+    Options {
+        allow: &'static str,
+    },
 }
 
 /// Poll timeouts in force (from `Config`).
@@ -153,7 +161,9 @@ fn params(query: &str) -> Result<Vec<(String, String)>, Error> {
     let mut seen: Vec<(String, String)> = Vec::new();
     for (key, value) in form_urlencoded::parse(query.as_bytes()) {
         if seen.iter().any(|(k, _)| *k == key) {
-            return Err(Error::BadRequest(format!("parameter {key} given more than once")));
+            return Err(Error::BadRequest(format!(
+                "parameter {key} given more than once"
+            )));
         }
         seen.push((key.into_owned(), value.into_owned()));
     }
@@ -169,8 +179,9 @@ fn param<'a>(params: &'a [(String, String)], name: &str) -> Option<&'a str> {
 
 fn channel_list(query: &str) -> Result<Vec<String>, Error> {
     let params = params(query)?;
-    let list = param(&params, "channels")
-        .ok_or_else(|| Error::BadRequest("parameter channels is required, e.g. ?channels=a,b".into()))?;
+    let list = param(&params, "channels").ok_or_else(|| {
+        Error::BadRequest("parameter channels is required, e.g. ?channels=a,b".into())
+    })?;
     let mut channels: Vec<String> = Vec::new();
     for name in list.split(',') {
         let name = channel_name(name)?;
@@ -274,17 +285,29 @@ mod tests {
         assert_eq!(spec.cursor, 0);
         assert_eq!(spec.timeout, Duration::from_secs(30));
         assert_eq!(spec.limit, DEFAULT_POLL_LIMIT);
-        let spec = poll("/channels/a/events?timeout=999&limit=1000&last_event_id=5", None).unwrap();
+        let spec = poll(
+            "/channels/a/events?timeout=999&limit=1000&last_event_id=5",
+            None,
+        )
+        .unwrap();
         assert_eq!(spec.timeout, Duration::from_secs(120));
         assert_eq!(spec.limit, 1000);
         assert_eq!(spec.cursor, 5);
-        assert_eq!(poll("/channels/a/events?timeout=0", None).unwrap().timeout, Duration::ZERO);
+        assert_eq!(
+            poll("/channels/a/events?timeout=0", None).unwrap().timeout,
+            Duration::ZERO
+        );
     }
 
     #[test]
     fn cursor_comes_from_the_parameter_then_the_header() {
         assert_eq!(poll("/channels/a/events", Some("42")).unwrap().cursor, 42);
-        assert_eq!(poll("/channels/a/events?last_event_id=7", Some("42")).unwrap().cursor, 7);
+        assert_eq!(
+            poll("/channels/a/events?last_event_id=7", Some("42"))
+                .unwrap()
+                .cursor,
+            7
+        );
         let err = poll("/channels/a/events", Some("x")).unwrap_err();
         assert!(err.to_string().contains("Last-Event-ID"), "{err}");
     }
@@ -294,7 +317,10 @@ mod tests {
         for (target, word) in [
             ("/channels/a/events?last_event_id=-1", "last_event_id"),
             ("/channels/a/events?last_event_id=%2B1", "last_event_id"),
-            ("/channels/a/events?last_event_id=99999999999999999999999", "last_event_id"),
+            (
+                "/channels/a/events?last_event_id=99999999999999999999999",
+                "last_event_id",
+            ),
             ("/channels/a/events?timeout=1.5", "timeout"),
             ("/channels/a/events?timeout=", "timeout"),
             ("/channels/a/events?limit=0", "limit"),
@@ -322,17 +348,37 @@ mod tests {
     #[test]
     fn routes_methods_and_unknown_paths() {
         let r = |m, t| route(m, t, None, LIMITS);
-        assert_eq!(r("POST", "/channels/a/events").unwrap(), Action::Publish { channel: "a".into() });
-        assert_eq!(r("DELETE", "/channels/a").unwrap(), Action::DeleteChannel { channel: "a".into() });
-        assert_eq!(r("GET", "/channels/a").unwrap(), Action::ChannelInfo { channel: "a".into() });
+        assert_eq!(
+            r("POST", "/channels/a/events").unwrap(),
+            Action::Publish {
+                channel: "a".into()
+            }
+        );
+        assert_eq!(
+            r("DELETE", "/channels/a").unwrap(),
+            Action::DeleteChannel {
+                channel: "a".into()
+            }
+        );
+        assert_eq!(
+            r("GET", "/channels/a").unwrap(),
+            Action::ChannelInfo {
+                channel: "a".into()
+            }
+        );
         assert_eq!(r("GET", "/healthz").unwrap(), Action::Healthz);
         assert_eq!(r("HEAD", "/stats").unwrap(), Action::Stats);
         assert_eq!(r("GET", "/metrics?x=1").unwrap(), Action::Metrics);
         assert_eq!(
             r("PUT", "/channels/a/events").unwrap_err(),
-            Error::MethodNotAllowed { allow: ALLOW_CHANNEL_EVENTS }
+            Error::MethodNotAllowed {
+                allow: ALLOW_CHANNEL_EVENTS
+            }
         );
-        assert_eq!(r("OPTIONS", "/events").unwrap(), Action::Options { allow: ALLOW_POLL });
+        assert_eq!(
+            r("OPTIONS", "/events").unwrap(),
+            Action::Options { allow: ALLOW_POLL }
+        );
         assert_eq!(r("GET", "/nope").unwrap_err().status(), 404);
         assert_eq!(r("GET", "/channels/a/events/").unwrap_err().status(), 404);
         assert_eq!(r("GET", "").unwrap_err().status(), 404);

@@ -155,15 +155,21 @@ pub fn start(config: Config) -> io::Result<Running> {
     });
     let waiters = {
         let writer = writer.clone();
-        Pool::new("abide-waiter", config.max_waiters, WAITER_STACK_BYTES, move |job| {
-            writer.wait_and_answer(job)
-        })
+        Pool::new(
+            "abide-waiter",
+            config.max_waiters,
+            WAITER_STACK_BYTES,
+            move |job| writer.wait_and_answer(job),
+        )
     };
     let writers = {
         let writer = writer.clone();
-        Pool::new("abide-writer", config.max_writers, WRITER_STACK_BYTES, move |job| {
-            writer.write(job)
-        })
+        Pool::new(
+            "abide-writer",
+            config.max_writers,
+            WRITER_STACK_BYTES,
+            move |job| writer.write(job),
+        )
     };
     let edge = Arc::new(Edge {
         hub,
@@ -178,7 +184,7 @@ pub fn start(config: Config) -> io::Result<Running> {
         config,
     });
     Edge::add_generation(&edge)?;
-    if !edge.config.quiet {
+    {
         let c = &edge.config;
         eprintln!(
             "abide {} listening on http://{addr} (max-waiters {}, timeout {}s default / {}s max, \
@@ -286,7 +292,10 @@ impl Edge {
     }
 
     fn is_current(&self, number: u64) -> bool {
-        self.servers.lock().last().is_some_and(|g| g.number == number)
+        self.servers
+            .lock()
+            .last()
+            .is_some_and(|g| g.number == number)
     }
 
     fn is_kept(&self, number: u64) -> bool {
@@ -321,7 +330,8 @@ impl Edge {
                             backoff.as_millis()
                         );
                         let next = (backoff * 2).min(ACCEPT_BACKOFF_MAX);
-                        self.accept_backoff_ms.store(next.as_millis() as u64, Relaxed);
+                        self.accept_backoff_ms
+                            .store(next.as_millis() as u64, Relaxed);
                         if self.shutdown.wait_timeout(backoff) {
                             break;
                         }
@@ -433,7 +443,10 @@ impl Edge {
                 if self.config.cors_origin.is_some() {
                     reply.headers.extend([
                         ("Access-Control-Allow-Methods", "GET, POST, DELETE".into()),
-                        ("Access-Control-Allow-Headers", "Content-Type, Last-Event-ID".into()),
+                        (
+                            "Access-Control-Allow-Headers",
+                            "Content-Type, Last-Event-ID".into(),
+                        ),
                         ("Access-Control-Max-Age", "600".into()),
                     ]);
                 }
@@ -473,7 +486,9 @@ impl Writer {
         let answer = catch_unwind(AssertUnwindSafe(|| self.hub.wait(&ticket)));
         let reply = match answer {
             Ok(answer) => Reply::poll(answer),
-            Err(_) => Reply::error(&Error::Internal("the poll failed; see the server log".into())),
+            Err(_) => Reply::error(&Error::Internal(
+                "the poll failed; see the server log".into(),
+            )),
         };
         self.respond(request, reply, started);
         drop(ticket);
@@ -494,7 +509,11 @@ impl Writer {
                 let reply = catch_unwind(AssertUnwindSafe(|| {
                     self.publish(&mut request, &channel, started)
                 }))
-                .unwrap_or_else(|_| Err(Error::Internal("publishing failed; see the server log".into())));
+                .unwrap_or_else(|_| {
+                    Err(Error::Internal(
+                        "publishing failed; see the server log".into(),
+                    ))
+                });
                 let reply = reply.unwrap_or_else(|err| Reply::error(&err));
                 self.respond(request, reply, started);
             }
@@ -506,12 +525,19 @@ impl Writer {
         }
     }
 
-    fn publish(&self, request: &mut Request, channel: &str, started: Instant) -> Result<Reply, Error> {
+    fn publish(
+        &self,
+        request: &mut Request,
+        channel: &str,
+        started: Instant,
+    ) -> Result<Reply, Error> {
         let body = read_body(request, self.max_event_bytes, started + self.idle_timeout)?;
         let text = std::str::from_utf8(&body)
             .map_err(|_| Error::BadRequest("body is not UTF-8 text; send one JSON value".into()))?;
         if text.trim().is_empty() {
-            return Err(Error::BadRequest("body is empty; send one JSON value".into()));
+            return Err(Error::BadRequest(
+                "body is empty; send one JSON value".into(),
+            ));
         }
         let value: serde_json::Value = serde_json::from_str(text)
             .map_err(|e| Error::BadRequest(format!("body is not valid JSON: {e}")))?;
@@ -573,7 +599,10 @@ impl Writer {
         let status = reply.status;
         let events = reply.events;
         let mut headers: Vec<Header> = Vec::with_capacity(reply.headers.len() + 4);
-        headers.push(make_header("Server", concat!("abide/", env!("CARGO_PKG_VERSION"))));
+        headers.push(make_header(
+            "Server",
+            concat!("abide/", env!("CARGO_PKG_VERSION")),
+        ));
         for (name, value) in &reply.headers {
             headers.push(make_header(name, value));
         }
@@ -604,7 +633,14 @@ impl Writer {
         self.log(&method, &target, peer, status, started);
     }
 
-    fn log(&self, method: &str, target: &str, peer: Option<SocketAddr>, status: u16, started: Instant) {
+    fn log(
+        &self,
+        method: &str,
+        target: &str,
+        peer: Option<SocketAddr>,
+        status: u16,
+        started: Instant,
+    ) {
         if self.quiet {
             return;
         }
@@ -628,7 +664,12 @@ fn read_body(request: &mut Request, max_bytes: usize, deadline: Instant) -> Resu
         let n = match reader.read(&mut chunk) {
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) =>
+            {
                 return Err(Error::BodyTimeout);
             }
             Err(e) => return Err(Error::BadRequest(format!("could not read the body: {e}"))),
@@ -657,5 +698,6 @@ fn header(request: &Request, name: &str) -> Option<String> {
 }
 
 fn make_header(name: &str, value: &str) -> Header {
-    Header::from_bytes(name.as_bytes(), value.as_bytes()).expect("header names and values are ASCII")
+    Header::from_bytes(name.as_bytes(), value.as_bytes())
+        .expect("header names and values are ASCII")
 }

@@ -64,22 +64,97 @@ impl Stats {
             }
         };
         let n = |v: usize| Some(v as u64);
-        metric("waiters", "gauge", "Polls holding a wait slot.", n(self.waiters));
-        metric("max_waiters", "gauge", "Wait slots (--max-waiters).", n(self.max_waiters));
-        metric("peak_waiters", "gauge", "Most polls waiting at once since start.", n(self.peak_waiters));
-        metric("channels", "gauge", "Channels holding events or waiters.", n(self.channels));
-        metric("events_stored", "gauge", "Events held in channel buffers.", n(self.events_stored));
-        metric("stored_bytes", "gauge", "Bytes counted against --max-stored-bytes.", n(self.stored_bytes));
-        metric("events_published_total", "counter", "Events published.", Some(self.events_published));
-        metric("events_delivered_total", "counter", "Events written in poll answers.", Some(self.events_delivered));
-        metric("events_dropped_total", "counter", "Events dropped by overflow, age or memory limit.", Some(self.events_dropped));
-        metric("polls_timed_out_total", "counter", "Polls answered 204 after their timeout.", Some(self.polls_timed_out));
-        metric("polls_rejected_total", "counter", "Polls refused because every wait slot was taken.", Some(self.polls_rejected));
-        metric("accept_errors_total", "counter", "Failed accept calls.", Some(self.accept_errors));
-        metric("bodies_parked_total", "counter", "Connections parked for an undrainable declared body.", Some(self.bodies_parked));
-        metric("uptime_seconds", "gauge", "Seconds since start.", Some(self.uptime_seconds));
+        metric(
+            "waiters",
+            "gauge",
+            "Polls holding a wait slot.",
+            n(self.waiters),
+        );
+        metric(
+            "max_waiters",
+            "gauge",
+            "Wait slots (--max-waiters).",
+            n(self.max_waiters),
+        );
+        metric(
+            "peak_waiters",
+            "gauge",
+            "Most polls waiting at once since start.",
+            n(self.peak_waiters),
+        );
+        metric(
+            "channels",
+            "gauge",
+            "Channels holding events or waiters.",
+            n(self.channels),
+        );
+        metric(
+            "events_stored",
+            "gauge",
+            "Events held in channel buffers.",
+            n(self.events_stored),
+        );
+        metric(
+            "stored_bytes",
+            "gauge",
+            "Bytes counted against --max-stored-bytes.",
+            n(self.stored_bytes),
+        );
+        metric(
+            "events_published_total",
+            "counter",
+            "Events published.",
+            Some(self.events_published),
+        );
+        metric(
+            "events_delivered_total",
+            "counter",
+            "Events written in poll answers.",
+            Some(self.events_delivered),
+        );
+        metric(
+            "events_dropped_total",
+            "counter",
+            "Events dropped by overflow, age or memory limit.",
+            Some(self.events_dropped),
+        );
+        metric(
+            "polls_timed_out_total",
+            "counter",
+            "Polls answered 204 after their timeout.",
+            Some(self.polls_timed_out),
+        );
+        metric(
+            "polls_rejected_total",
+            "counter",
+            "Polls refused because every wait slot was taken.",
+            Some(self.polls_rejected),
+        );
+        metric(
+            "accept_errors_total",
+            "counter",
+            "Failed accept calls.",
+            Some(self.accept_errors),
+        );
+        metric(
+            "bodies_parked_total",
+            "counter",
+            "Connections parked for an undrainable declared body.",
+            Some(self.bodies_parked),
+        );
+        metric(
+            "uptime_seconds",
+            "gauge",
+            "Seconds since start.",
+            Some(self.uptime_seconds),
+        );
         metric("threads", "gauge", "Threads of the process.", self.threads);
-        metric("resident_bytes", "gauge", "Resident memory of the process.", self.resident_bytes);
+        metric(
+            "resident_bytes",
+            "gauge",
+            "Resident memory of the process.",
+            self.resident_bytes,
+        );
         out
     }
 }
