@@ -57,9 +57,19 @@ impl Resp {
     /// Asserts a JSON error answer with `status` whose message contains `word`.
     pub fn assert_error(&self, status: u16, word: &str) {
         assert_eq!(self.status, status, "{self:?}");
-        assert_eq!(self.header("content-type"), Some("application/json"), "{self:?}");
-        let message = self.json()["error"].as_str().expect("error string").to_string();
-        assert!(message.contains(word), "error {message:?} does not name {word:?}");
+        assert_eq!(
+            self.header("content-type"),
+            Some("application/json"),
+            "{self:?}"
+        );
+        let message = self.json()["error"]
+            .as_str()
+            .expect("error string")
+            .to_string();
+        assert!(
+            message.contains(word),
+            "error {message:?} does not name {word:?}"
+        );
     }
 }
 
@@ -198,7 +208,9 @@ fn into_resp(result: Result<ureq::http::Response<ureq::Body>, ureq::Error>) -> R
 /// Joins `thread`, panicking if it has not finished within `HANG_GUARD`.
 pub fn join_within<T>(thread: JoinHandle<T>, what: &str) -> T {
     wait_until(what, || thread.is_finished());
-    thread.join().unwrap_or_else(|_| panic!("{what}: thread panicked"))
+    thread
+        .join()
+        .unwrap_or_else(|_| panic!("{what}: thread panicked"))
 }
 
 /// Polls `condition` until it holds, panicking after `HANG_GUARD`.
