@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use argh::FromArgs;
+use argh::{EarlyExit, FromArgs};
 
 /// abide: a small long-polling pub/sub server.
 #[derive(FromArgs)]
@@ -99,7 +99,10 @@ fn main() -> ExitCode {
         // SAFETY: no other thread exists yet, so nothing reads the environment concurrently.
         unsafe { std::env::set_var("RUST_MIN_STACK", CONNECTION_STACK_BYTES) };
     }
-    let cli: Cli = argh::from_env();
+    let cli = match parse_args() {
+        Ok(cli) => cli,
+        Err(code) => return code,
+    };
     match cli.command {
         Command::Serve(serve) => {
             let config = serve.into_config();
@@ -116,4 +119,23 @@ fn main() -> ExitCode {
             }
         }
     }
+}
+
+/// Parses the command line; `--help` exits 0, a bad flag or value exits 2.
+fn parse_args() -> Result<Cli, ExitCode> {
+    let args: Vec<String> = std::env::args_os()
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect();
+    let rest: Vec<&str> = args.iter().skip(1).map(String::as_str).collect();
+    Cli::from_args(&["abide"], &rest).map_err(|EarlyExit { output, status }| match status {
+        Ok(()) => {
+            println!("{output}");
+            ExitCode::SUCCESS
+        }
+        Err(()) => {
+            eprintln!("{output}");
+            eprintln!("Run abide serve --help for the flags.");
+            ExitCode::from(2)
+        }
+    })
 }
