@@ -39,13 +39,20 @@ pub struct Batch {
 }
 
 impl Channel {
-    pub fn new(generation: u64) -> Channel {
+    /// A channel with nothing stored yet; `dropped_through` carries over what an
+    /// earlier channel of this name lost by age or memory limit (0 if nothing).
+    pub fn new(generation: u64, dropped_through: u64) -> Channel {
         Channel {
             generation,
             events: VecDeque::new(),
-            dropped_through: 0,
+            dropped_through,
             waiters: HashMap::new(),
         }
+    }
+
+    /// Highest id dropped from this channel before anyone could read it (0 if none).
+    pub fn dropped_through(&self) -> u64 {
+        self.dropped_through
     }
 
     /// Appends `event` (whose id must exceed every stored id) and returns the
@@ -115,7 +122,7 @@ mod tests {
 
     #[test]
     fn reads_after_the_cursor_in_order_up_to_the_limit() {
-        let mut ch = Channel::new(1);
+        let mut ch = Channel::new(1, 0);
         for id in [10, 20, 30, 40] {
             assert!(ch.push(ev(id), 10).is_empty());
         }
@@ -128,7 +135,7 @@ mod tests {
 
     #[test]
     fn overflow_drops_the_oldest_and_marks_older_cursors_missed() {
-        let mut ch = Channel::new(1);
+        let mut ch = Channel::new(1, 0);
         for id in 1..=3 {
             ch.push(ev(id), 3);
         }
@@ -144,7 +151,7 @@ mod tests {
 
     #[test]
     fn a_channel_with_nothing_left_is_idle() {
-        let mut ch = Channel::new(1);
+        let mut ch = Channel::new(1, 0);
         assert!(ch.is_idle());
         ch.push(ev(1), 1);
         assert!(!ch.is_idle());

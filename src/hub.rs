@@ -67,6 +67,13 @@ struct State {
     /// `--max-stored-bytes`. Entries of events that overflow or deletion already
     /// removed are skipped when met and compacted away when they pile up.
     order: VecDeque<(u64, Arc<str>)>,
+    /// Channels removed after losing events nobody read, with the highest id
+    /// lost, so that an old cursor still learns of the gap. Oldest first in
+    /// `tombstone_order` (which may hold stale names); at most `max_tombstones`.
+    /// Only publishing creates them, never polling.
+    tombstones: HashMap<Arc<str>, u64>,
+    tombstone_order: VecDeque<Arc<str>>,
+    max_tombstones: usize,
     ids: IdClock,
     /// Events held over all channels, and the bytes they count.
     stored_events: usize,
@@ -118,6 +125,9 @@ impl Hub {
                 state: Mutex::new(State {
                     channels: HashMap::new(),
                     order: VecDeque::new(),
+                    tombstones: HashMap::new(),
+                    tombstone_order: VecDeque::new(),
+                    max_tombstones: limits.max_channels,
                     ids: IdClock::default(),
                     stored_events: 0,
                     stored_bytes: 0,
@@ -158,7 +168,9 @@ impl Hub {
         let event = Event::new(id, channel, at, now, data_json);
         if !st.channels.contains_key(channel) {
             let generation = st.new_generation();
-            st.channels.insert(name.clone(), Channel::new(generation));
+            let dropped_through = st.unbury(channel);
+            st.channels
+                .insert(name.clone(), Channel::new(generation, dropped_through));
         }
         let ch = st.channels.get_mut(channel).expect("inserted above");
         let overflow = ch.push(event.clone(), limits.buffer_events);
@@ -238,7 +250,9 @@ impl Hub {
                 None => {
                     let generation = st.new_generation();
                     let key: Arc<str> = Arc::from(name);
-                    st.channels.insert(key.clone(), Channel::new(generation));
+                    let dropped_through = st.unbury(name);
+                    st.channels
+                        .insert(key.clone(), Channel::new(generation, dropped_through));
                     key
                 }
             };
@@ -308,6 +322,7 @@ impl Hub {
     /// Drops a channel's events and answers its waiters `410`.
     pub fn delete(&self, channel: &str) {
         let mut st = self.shared.state.lock();
+        st.unbury(channel);
         let Some(ch) = st.channels.remove(channel) else {
             return;
         };
@@ -425,6 +440,38 @@ impl Drop for Ticket {
 }
 
 impl State {
+    /// Removes a channel that holds nothing and has no waiters. If it lost
+    /// events nobody read, a tombstone keeps that fact for later cursors.
+    fn remove_if_idle(&mut self, name: &str) {
+        let Some(ch) = self.channels.get(name) else {
+            return;
+        };
+        if !ch.is_idle() {
+            return;
+        }
+        let dropped_through = ch.dropped_through();
+        let (name, _) = self.channels.remove_entry(name).expect("present");
+        if dropped_through > 0 {
+            self.tombstones.insert(name.clone(), dropped_through);
+            self.tombstone_order.push_back(name);
+            while self.tombstones.len() > self.max_tombstones {
+                let Some(oldest) = self.tombstone_order.pop_front() else {
+                    break;
+                };
+                self.tombstones.remove(&oldest);
+            }
+            if self.tombstone_order.len() > 2 * self.tombstones.len() + 64 {
+                let tombstones = &self.tombstones;
+                self.tombstone_order.retain(|n| tombstones.contains_key(n));
+            }
+        }
+    }
+
+    /// Takes the tombstone of `name`, if any: the highest id it lost unread.
+    fn unbury(&mut self, name: &str) -> u64 {
+        self.tombstones.remove(name).unwrap_or(0)
+    }
+
     fn new_generation(&mut self) -> u64 {
         self.next_generation += 1;
         self.next_generation
@@ -438,6 +485,8 @@ impl State {
                 let batch = ch.read_after(cursor, limit);
                 merged.missed |= batch.missed;
                 merged.events.extend(batch.events);
+            } else if let Some(dropped_through) = self.tombstones.get(*name) {
+                merged.missed |= *dropped_through > cursor;
             }
         }
         if names.len() > 1 {
@@ -452,9 +501,7 @@ impl State {
             if let Some(ch) = self.channels.get_mut(name) {
                 if ch.generation == *generation {
                     ch.waiters.remove(&ticket.id);
-                    if ch.is_idle() {
-                        self.channels.remove(name);
-                    }
+                    self.remove_if_idle(name);
                 }
             }
         }
@@ -509,9 +556,7 @@ impl State {
             let (_, name) = self.order.pop_front().expect("front exists");
             let ch = self.channels.get_mut(&name).expect("checked above");
             ch.drop_oldest();
-            if ch.is_idle() {
-                self.channels.remove(&name);
-            }
+            self.remove_if_idle(&name);
             self.forget(&[event]);
             dropped += 1;
         }
@@ -550,5 +595,167 @@ fn too_many_channels(max: usize) -> Error {
     Error::Busy {
         message: format!("the channel limit is reached (--max-channels {max}); retry later"),
         retry_after_secs: 5,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::thread;
+
+    fn limits() -> HubLimits {
+        HubLimits {
+            buffer_events: 4,
+            event_ttl: None,
+            max_channels: 100,
+            max_stored_bytes: 1 << 20,
+            max_waiters: 2,
+        }
+    }
+
+    fn spec(channels: &[&str], cursor: u64, timeout_secs: u64) -> PollSpec {
+        PollSpec {
+            channels: channels.iter().map(|c| c.to_string()).collect(),
+            cursor,
+            timeout: Duration::from_secs(timeout_secs),
+            limit: 100,
+        }
+    }
+
+    fn ids(answer: &Answer) -> Vec<u64> {
+        match answer {
+            Answer::Events { events, .. } => events.iter().map(|e| e.id).collect(),
+            other => panic!("no events: {other:?}"),
+        }
+    }
+
+    fn now(hub: &Hub, spec: &PollSpec) -> Answer {
+        match hub.begin_poll(spec).unwrap() {
+            PollStart::Now(answer) => answer,
+            PollStart::Wait(_) => panic!("expected an answer now"),
+        }
+    }
+
+    #[test]
+    fn a_cursor_behind_the_channel_is_answered_now_otherwise_it_waits() {
+        let hub = Hub::new(limits());
+        let first = hub.publish("a", "1").unwrap().id;
+        assert_eq!(ids(&now(&hub, &spec(&["a"], 0, 30))), [first]);
+        assert!(matches!(
+            now(&hub, &spec(&["a"], first, 0)),
+            Answer::Empty { missed: false }
+        ));
+        assert!(matches!(
+            hub.begin_poll(&spec(&["a"], first, 30)).unwrap(),
+            PollStart::Wait(_)
+        ));
+    }
+
+    #[test]
+    fn a_publish_wakes_the_waiter_of_its_channel() {
+        let hub = Hub::new(limits());
+        let PollStart::Wait(ticket) = hub.begin_poll(&spec(&["a", "b"], 0, 60)).unwrap() else {
+            panic!("expected a wait");
+        };
+        let waiter = {
+            let hub = hub.clone();
+            thread::spawn(move || {
+                let answer = hub.wait(&ticket);
+                drop(ticket);
+                answer
+            })
+        };
+        let id = hub.publish("b", r#""x""#).unwrap().id;
+        assert_eq!(ids(&waiter.join().unwrap()), [id]);
+        assert_eq!(hub.stats().waiters, 0);
+        assert_eq!(hub.stats().channels, 1, "only b, which holds the event");
+    }
+
+    #[test]
+    fn the_cap_refuses_a_poll_that_would_wait_but_not_one_answered_now() {
+        let hub = Hub::new(limits());
+        let held: Vec<_> = (0..2)
+            .map(|_| hub.begin_poll(&spec(&["a"], 0, 60)).unwrap())
+            .collect();
+        let err = hub.begin_poll(&spec(&["a"], 0, 60)).err().unwrap();
+        assert_eq!(err.status(), 503);
+        hub.publish("c", "1").unwrap();
+        assert_eq!(ids(&now(&hub, &spec(&["c"], 0, 60))).len(), 1);
+        assert_eq!(hub.stats().polls_rejected, 1);
+        drop(held);
+        assert_eq!(hub.stats().waiters, 0);
+    }
+
+    #[test]
+    fn a_future_cursor_gets_everything_now_marked_missed() {
+        let hub = Hub::new(limits());
+        let id = hub.publish("a", "1").unwrap().id;
+        match now(&hub, &spec(&["a"], crate::event::MAX_EVENT_ID, 60)) {
+            Answer::Events { events, missed } => {
+                assert_eq!(events[0].id, id);
+                assert!(missed);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            now(&hub, &spec(&["empty"], crate::event::MAX_EVENT_ID, 60)),
+            Answer::Empty { missed: true }
+        ));
+    }
+
+    #[test]
+    fn the_memory_limit_drops_the_oldest_events_across_channels() {
+        let one = Event::new(1, "a", SystemTime::now(), Instant::now(), "1").stored_bytes();
+        let hub = Hub::new(HubLimits {
+            max_stored_bytes: 2 * one + one / 2,
+            ..limits()
+        });
+        let first = hub.publish("a", "1").unwrap().id;
+        hub.publish("b", "2").unwrap();
+        let third = hub.publish("c", "3").unwrap().id;
+        let stats = hub.stats();
+        assert_eq!((stats.events_stored, stats.events_dropped), (2, 1));
+        // Channel a lost its only event: an old cursor is told, a new one is not.
+        assert!(matches!(
+            now(&hub, &spec(&["a"], first - 1, 0)),
+            Answer::Empty { missed: true }
+        ));
+        assert!(matches!(
+            now(&hub, &spec(&["a"], first, 0)),
+            Answer::Empty { missed: false }
+        ));
+        assert_eq!(ids(&now(&hub, &spec(&["c"], 0, 0))), [third]);
+    }
+
+    #[test]
+    fn deleting_a_channel_answers_its_waiter_gone() {
+        let hub = Hub::new(limits());
+        let PollStart::Wait(ticket) = hub.begin_poll(&spec(&["a"], 0, 60)).unwrap() else {
+            panic!("expected a wait");
+        };
+        let waiter = {
+            let hub = hub.clone();
+            thread::spawn(move || hub.wait(&ticket))
+        };
+        hub.delete("a");
+        assert!(matches!(waiter.join().unwrap(), Answer::Gone { channel } if channel == "a"));
+    }
+
+    #[test]
+    fn shutting_down_answers_waiters_empty_and_refuses_new_work() {
+        let hub = Hub::new(limits());
+        let PollStart::Wait(ticket) = hub.begin_poll(&spec(&["a"], 0, 60)).unwrap() else {
+            panic!("expected a wait");
+        };
+        let waiter = {
+            let hub = hub.clone();
+            thread::spawn(move || hub.wait(&ticket))
+        };
+        hub.shut_down();
+        assert!(matches!(
+            waiter.join().unwrap(),
+            Answer::Empty { missed: false }
+        ));
+        assert_eq!(hub.publish("a", "1").unwrap_err().status(), 503);
     }
 }
