@@ -120,6 +120,7 @@ mod tests {
         batch.events.iter().map(|e| e.id).collect()
     }
 
+    /// A cursor gets the events after it, oldest first, never more than the limit.
     #[test]
     fn reads_after_the_cursor_in_order_up_to_the_limit() {
         let mut ch = Channel::new(1, 0);
@@ -133,6 +134,7 @@ mod tests {
         assert!(!ch.read_after(0, 100).missed);
     }
 
+    /// A full ring drops its oldest event, and only cursors that had not read it are told they missed it.
     #[test]
     fn overflow_drops_the_oldest_and_marks_older_cursors_missed() {
         let mut ch = Channel::new(1, 0);
@@ -149,6 +151,7 @@ mod tests {
         assert_eq!(ch.newest().unwrap().id, 4);
     }
 
+    /// A channel whose last event is dropped is idle (removable) yet remembers the loss.
     #[test]
     fn a_channel_with_nothing_left_is_idle() {
         let mut ch = Channel::new(1, 0);

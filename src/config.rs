@@ -151,11 +151,13 @@ impl Config {
 mod tests {
     use super::*;
 
+    /// The embedded defaults are a valid configuration (what `make run` serves with).
     #[test]
     fn defaults_pass_the_check() {
         assert_eq!(Config::default().check(), Ok(()));
     }
 
+    /// A default timeout above the maximum is refused, naming the flag.
     #[test]
     fn default_timeout_above_max_timeout_is_refused() {
         let config = Config {
@@ -166,6 +168,7 @@ mod tests {
         assert!(err.0.contains("--default-timeout"), "{err}");
     }
 
+    /// Zero wait slots and an origin with spaces are refused, naming their flags.
     #[test]
     fn zero_waiters_and_bad_origin_are_refused() {
         let config = Config {

@@ -75,6 +75,7 @@ impl fmt::Display for Error {
 mod tests {
     use super::*;
 
+    /// Error bodies are valid JSON that names the limit, whatever the message holds.
     #[test]
     fn json_body_names_the_limit_and_escapes() {
         let err = Error::TooLarge { limit_bytes: 10 };

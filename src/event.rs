@@ -92,6 +92,7 @@ mod tests {
     use super::*;
     use std::time::Duration;
 
+    /// Ids follow the wall clock in microseconds but never repeat or go back when it stalls or steps back.
     #[test]
     fn ids_follow_the_clock_and_never_go_back() {
         let mut ids = IdClock::default();
@@ -103,6 +104,7 @@ mod tests {
         assert_eq!(ids.horizon(9_000), 9_000);
     }
 
+    /// A new process issues ids above the old one once the clock has moved on.
     #[test]
     fn a_restarted_sequence_starts_above_the_old_one() {
         let mut before = IdClock::default();
@@ -111,6 +113,7 @@ mod tests {
         assert!(after.next_id(2_000_001 + 10).unwrap() > old);
     }
 
+    /// No id above 2^53 - 1 is ever issued.
     #[test]
     fn ids_stay_below_2_pow_53() {
         let mut ids = IdClock::default();
@@ -118,6 +121,7 @@ mod tests {
         assert_eq!(ids.next_id(MAX_EVENT_ID), None);
     }
 
+    /// The stored event object has id, channel, RFC 3339 millisecond timestamp and data.
     #[test]
     fn event_json_has_the_documented_shape() {
         let at = UNIX_EPOCH + Duration::from_millis(1_790_000_000_123);

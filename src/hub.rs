@@ -636,6 +636,7 @@ mod tests {
         }
     }
 
+    /// A poll is answered now when events follow its cursor or its timeout is 0, and waits otherwise.
     #[test]
     fn a_cursor_behind_the_channel_is_answered_now_otherwise_it_waits() {
         let hub = Hub::new(limits());
@@ -651,6 +652,7 @@ mod tests {
         ));
     }
 
+    /// A publish on one of a waiter's channels wakes it with the event, and the slot and channel are freed after.
     #[test]
     fn a_publish_wakes_the_waiter_of_its_channel() {
         let hub = Hub::new(limits());
@@ -671,6 +673,7 @@ mod tests {
         assert_eq!(hub.stats().channels, 1, "only b, which holds the event");
     }
 
+    /// At the cap a poll that would wait is refused with 503 while one answered now still succeeds.
     #[test]
     fn the_cap_refuses_a_poll_that_would_wait_but_not_one_answered_now() {
         let hub = Hub::new(limits());
@@ -686,6 +689,7 @@ mod tests {
         assert_eq!(hub.stats().waiters, 0);
     }
 
+    /// A cursor above any id the server could have issued is answered at once, marked missed.
     #[test]
     fn a_future_cursor_gets_everything_now_marked_missed() {
         let hub = Hub::new(limits());
@@ -703,6 +707,7 @@ mod tests {
         ));
     }
 
+    /// The stored-bytes limit drops the globally oldest events, and old cursors of an emptied channel are told.
     #[test]
     fn the_memory_limit_drops_the_oldest_events_across_channels() {
         let one = Event::new(1, "a", SystemTime::now(), Instant::now(), "1").stored_bytes();
@@ -727,6 +732,7 @@ mod tests {
         assert_eq!(ids(&now(&hub, &spec(&["c"], 0, 0))), [third]);
     }
 
+    /// Deleting a channel answers its waiter Gone at once.
     #[test]
     fn deleting_a_channel_answers_its_waiter_gone() {
         let hub = Hub::new(limits());
@@ -741,6 +747,7 @@ mod tests {
         assert!(matches!(waiter.join().unwrap(), Answer::Gone { channel } if channel == "a"));
     }
 
+    /// Shutdown answers waiters with an empty answer and refuses new publishes.
     #[test]
     fn shutting_down_answers_waiters_empty_and_refuses_new_work() {
         let hub = Hub::new(limits());

@@ -174,6 +174,7 @@ mod tests {
         Pool::new("test", max_threads, 64 * 1024, |job: Job| job())
     }
 
+    /// The pool never runs more threads than its cap, gives a job back when all stay busy, and reuses idle workers.
     #[test]
     fn runs_jobs_and_caps_threads() {
         let pool = pool(2);
@@ -207,6 +208,7 @@ mod tests {
         assert_eq!(pool.join(Instant::now() + Duration::from_secs(5)), 0);
     }
 
+    /// A job that panics neither kills the pool nor leaks its thread count.
     #[test]
     fn a_panicking_job_does_not_lose_the_worker_count() {
         let pool = pool(1);

@@ -108,6 +108,7 @@ mod tests {
     use crate::event::Event;
     use std::time::{Instant, SystemTime};
 
+    /// Poll answers are a JSON array of the stored events, marked no-store and missed when asked.
     #[test]
     fn events_become_a_json_array_marked_no_store() {
         let events = vec![
@@ -127,6 +128,7 @@ mod tests {
         assert_eq!(body[1]["data"], "two");
     }
 
+    /// Empty polls are a bodiless 204; 503 carries Retry-After, 405 carries Allow, Gone is 410.
     #[test]
     fn timeouts_are_204_and_errors_carry_their_headers() {
         let reply = Reply::poll(Answer::Empty { missed: false });

@@ -265,6 +265,7 @@ mod tests {
         }
     }
 
+    /// Channel names are 1-64 ASCII letters, digits, dash, underscore or dot, nothing else.
     #[test]
     fn channel_names_follow_the_contract() {
         assert!(valid_channel_name("a"));
@@ -278,6 +279,7 @@ mod tests {
         assert!(!valid_channel_name("a%20b"));
     }
 
+    /// Poll parameters default as documented and a timeout above the maximum is clamped.
     #[test]
     fn poll_defaults_and_clamping() {
         let spec = poll("/channels/a/events", None).unwrap();
@@ -299,6 +301,7 @@ mod tests {
         );
     }
 
+    /// The cursor comes from last_event_id, then Last-Event-ID, then 0.
     #[test]
     fn cursor_comes_from_the_parameter_then_the_header() {
         assert_eq!(poll("/channels/a/events", Some("42")).unwrap().cursor, 42);
@@ -312,6 +315,7 @@ mod tests {
         assert!(err.to_string().contains("Last-Event-ID"), "{err}");
     }
 
+    /// Every malformed parameter is a 400 whose message names it.
     #[test]
     fn bad_parameters_name_themselves() {
         for (target, word) in [
@@ -336,6 +340,7 @@ mod tests {
         }
     }
 
+    /// Multi-channel polls ignore repeated names and refuse more than 32 channels.
     #[test]
     fn multi_channel_polls_dedupe_and_cap() {
         let spec = poll("/events?channels=a,b,a", None).unwrap();
@@ -345,6 +350,7 @@ mod tests {
         assert!(err.to_string().contains("at most 32"), "{err}");
     }
 
+    /// Each route takes its methods, others get 405 with Allow, unknown paths get 404.
     #[test]
     fn routes_methods_and_unknown_paths() {
         let r = |m, t| route(m, t, None, LIMITS);

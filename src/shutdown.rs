@@ -55,6 +55,7 @@ mod tests {
     use super::*;
     use std::thread;
 
+    /// Triggering shutdown wakes a thread waiting on it, and stays triggered.
     #[test]
     fn trigger_wakes_a_waiting_thread() {
         let shutdown = Shutdown::new();

@@ -169,6 +169,7 @@ fn status_field(status: &str, field: &str) -> Option<u64> {
 mod tests {
     use super::*;
 
+    /// Thread count and resident memory are read from /proc/self/status text.
     #[test]
     fn reads_proc_status_fields() {
         let status = "Name:\tabide\nVmRSS:\t    2048 kB\nThreads:\t7\n";
