@@ -10,7 +10,7 @@ run:
 
 ## Unit and integration tests (each starts the real server on a loopback port).
 test:
-	$(CARGO) test --all-targets
+	$(CARGO) test
 
 ## Formatting and clippy, warnings as errors.
 lint:
