@@ -44,6 +44,8 @@ pub struct Config {
     pub cors_origin: Option<String>,
     /// No access log.
     pub quiet: bool,
+    /// Serve the demo page at `/`.
+    pub demo: bool,
 }
 
 impl Default for Config {
@@ -63,6 +65,7 @@ impl Default for Config {
             max_writers: 64,
             cors_origin: None,
             quiet: false,
+            demo: true,
         }
     }
 }

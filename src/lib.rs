@@ -10,7 +10,9 @@
 //! what tests use (on port 0).
 
 pub mod channel;
+pub mod client;
 pub mod config;
+pub mod demo;
 pub mod error;
 pub mod event;
 pub mod hub;

@@ -1,7 +1,9 @@
 //! The `abide` command: turns flags into a checked `Config` and calls
 //! `abide::run`. Runs on the main thread; owns no state of its own.
 
+use std::io::{Read, Write};
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -18,7 +20,55 @@ struct Cli {
 #[argh(subcommand)]
 enum Command {
     Serve(Serve),
+    Publish(Publish),
+    Watch(Watch),
 }
+
+/// Publish one JSON value on a channel and print the stored event.
+#[derive(FromArgs)]
+#[argh(subcommand, name = "publish")]
+struct Publish {
+    /// server URL (default http://127.0.0.1:8080)
+    #[argh(option, default = "String::from(DEFAULT_URL)")]
+    url: String,
+    /// channel to publish on
+    #[argh(positional)]
+    channel: String,
+    /// the JSON value; standard input when absent or -
+    #[argh(positional)]
+    json: Option<String>,
+}
+
+/// Long-poll channels and print each event as one JSON line, in order, once.
+#[derive(FromArgs)]
+#[argh(subcommand, name = "watch")]
+struct Watch {
+    /// server URL (default http://127.0.0.1:8080)
+    #[argh(option, default = "String::from(DEFAULT_URL)")]
+    url: String,
+    /// channels to watch (one or more)
+    #[argh(positional)]
+    channels: Vec<String>,
+    /// start after this event id (wins over --cursor-file); default: the cursor file, else 0
+    #[argh(option)]
+    from: Option<u64>,
+    /// file that keeps the cursor across restarts (written atomically after each batch)
+    #[argh(option)]
+    cursor_file: Option<PathBuf>,
+    /// seconds each poll may wait (default 30)
+    #[argh(option, default = "30")]
+    timeout: u64,
+    /// most events per poll, 1-1000 (default 100)
+    #[argh(option, default = "100")]
+    limit: usize,
+    /// one poll, print, exit: 0 with events, 3 when none came before the timeout
+    #[argh(switch)]
+    once: bool,
+}
+
+const DEFAULT_URL: &str = "http://127.0.0.1:8080";
+/// Exit code of `watch --once` when the poll timed out.
+const EXIT_NO_EVENTS: u8 = 3;
 
 /// Serve the HTTP API.
 #[derive(FromArgs)]
@@ -66,6 +116,9 @@ struct Serve {
     /// no access log on stderr
     #[argh(switch)]
     quiet: bool,
+    /// do not serve the demo page at /
+    #[argh(switch)]
+    no_demo: bool,
 }
 
 impl Serve {
@@ -85,6 +138,7 @@ impl Serve {
             max_writers: self.max_writers,
             cors_origin: self.cors_origin,
             quiet: self.quiet,
+            demo: !self.no_demo,
         }
     }
 }
@@ -104,6 +158,8 @@ fn main() -> ExitCode {
         Err(code) => return code,
     };
     match cli.command {
+        Command::Publish(publish) => publish_command(publish),
+        Command::Watch(watch) => watch_command(watch),
         Command::Serve(serve) => {
             let config = serve.into_config();
             if let Err(err) = config.check() {
@@ -134,8 +190,119 @@ fn parse_args() -> Result<Cli, ExitCode> {
         }
         Err(()) => {
             eprintln!("{output}");
-            eprintln!("Run abide serve --help for the flags.");
+            eprintln!("Run abide <serve|publish|watch> --help for the flags.");
             ExitCode::from(2)
         }
     })
+}
+
+fn publish_command(args: Publish) -> ExitCode {
+    let json = match args.json.as_deref() {
+        Some(json) if json != "-" => json.to_string(),
+        _ => {
+            let mut input = String::new();
+            if let Err(err) = std::io::stdin().read_to_string(&mut input) {
+                eprintln!("abide publish: reading standard input: {err}");
+                return ExitCode::FAILURE;
+            }
+            input
+        }
+    };
+    let client = abide::client::Client::new(&args.url, Duration::from_secs(30));
+    match client.publish(&args.channel, &json) {
+        Ok(event) => {
+            println!("{event}");
+            ExitCode::SUCCESS
+        }
+        Err(err) => {
+            eprintln!("abide publish: {err}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn watch_command(args: Watch) -> ExitCode {
+    use abide::client::{Note, WatchEnd, WatchOptions, Watcher};
+
+    if args.channels.is_empty() {
+        eprintln!("abide watch: name at least one channel");
+        return ExitCode::from(2);
+    }
+    let options = WatchOptions {
+        base_url: args.url,
+        channels: args.channels,
+        from: args.from,
+        cursor_file: args.cursor_file,
+        timeout: Duration::from_secs(args.timeout),
+        limit: args.limit,
+        backoff_initial: Duration::from_millis(500),
+        backoff_max: Duration::from_secs(30),
+    };
+    let mut watcher = match Watcher::new(options) {
+        Ok(watcher) => watcher,
+        Err(err) => {
+            eprintln!("abide watch: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let stop = abide::Shutdown::new();
+    if let Err(err) = exit_on_signal(watcher.delivery_lock()) {
+        eprintln!("abide watch: cannot install signal handlers: {err}");
+        return ExitCode::FAILURE;
+    }
+    let mut deliver = |batch: &abide::client::Batch| -> std::io::Result<()> {
+        let mut out = std::io::stdout().lock();
+        for event in &batch.events {
+            writeln!(out, "{event}")?;
+        }
+        out.flush()
+    };
+    let mut note = |note: Note<'_>| match note {
+        Note::Retrying { error, delay } => {
+            eprintln!(
+                "abide watch: {error}; retrying in {:.1} s",
+                delay.as_secs_f64()
+            );
+        }
+        Note::Missed { cursor } => eprintln!(
+            "abide watch: warning: events after id {cursor} were dropped by the server before \
+             they could be delivered (Abide-Missed); there is a gap"
+        ),
+    };
+    if args.once {
+        return match watcher.poll_once(&mut deliver, &mut note) {
+            Ok(batch) if batch.events.is_empty() => ExitCode::from(EXIT_NO_EVENTS),
+            Ok(_) => ExitCode::SUCCESS,
+            Err(err) => {
+                eprintln!("abide watch: {err}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    match watcher.run(&stop, &mut deliver, &mut note) {
+        WatchEnd::Stopped => ExitCode::SUCCESS,
+        WatchEnd::Failed(err) => {
+            eprintln!("abide watch: {err}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// On SIGINT or SIGTERM, waits until no batch is being delivered (so the
+/// cursor file matches what was printed), then exits 0. A poll in flight is
+/// simply abandoned: its events stay on the server for the next run.
+fn exit_on_signal(delivery: std::sync::Arc<parking_lot::Mutex<()>>) -> std::io::Result<()> {
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM])?;
+    std::thread::Builder::new()
+        .name("abide-signals".into())
+        .stack_size(64 * 1024)
+        .spawn(move || {
+            if signals.forever().next().is_some() {
+                let _idle = delivery.lock();
+                let _ = std::io::stdout().flush();
+                std::process::exit(0);
+            }
+        })?;
+    Ok(())
 }

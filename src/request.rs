@@ -45,6 +45,8 @@ pub enum Action {
     Healthz,
     Stats,
     Metrics,
+    /// The demo page at `/`.
+    Demo,
     /// `OPTIONS` on a known route: `allow` lists its methods.
     Options {
         allow: &'static str,
@@ -137,6 +139,7 @@ pub fn route(
                 _ => None,
             },
         ),
+        ["", ""] => (ALLOW_READ_ONLY, get_or_head(method, Action::Demo)),
         ["", "healthz"] => (ALLOW_READ_ONLY, get_or_head(method, Action::Healthz)),
         ["", "stats"] => (ALLOW_READ_ONLY, get_or_head(method, Action::Stats)),
         ["", "metrics"] => (ALLOW_READ_ONLY, get_or_head(method, Action::Metrics)),
@@ -373,6 +376,8 @@ mod tests {
             }
         );
         assert_eq!(r("GET", "/healthz").unwrap(), Action::Healthz);
+        assert_eq!(r("GET", "/").unwrap(), Action::Demo);
+        assert_eq!(r("GET", "/?x=1").unwrap(), Action::Demo);
         assert_eq!(r("HEAD", "/stats").unwrap(), Action::Stats);
         assert_eq!(r("GET", "/metrics?x=1").unwrap(), Action::Metrics);
         assert_eq!(

@@ -31,6 +31,7 @@ use socket2::{Domain, Protocol, Socket, Type};
 use tiny_http::{Header, ReadWrite, Request, Response, StatusCode};
 
 use crate::config::Config;
+use crate::demo;
 use crate::error::Error;
 use crate::hub::{Hub, HubLimits, PollStart, Ticket};
 use crate::pool::Pool;
@@ -427,6 +428,10 @@ impl Edge {
             Ok(Action::DeleteChannel { channel }) => {
                 self.hub.delete(&channel);
                 Reply::empty(204)
+            }
+            Ok(Action::Demo) if self.config.demo => demo::reply(),
+            Ok(Action::Demo) => {
+                Reply::error(&Error::NotFound("the demo page is off (--no-demo)".into()))
             }
             Ok(Action::Healthz) => Reply::json(200, r#"{"status":"ok"}"#.into()),
             Ok(Action::Stats) => {

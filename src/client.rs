@@ -1,0 +1,480 @@
+//! A blocking client for abide that follows the long-polling rules.
+//!
+//! Owns `Client` (publish, one poll), `Backoff` (exponential, full jitter)
+//! and `Watcher` (the poll loop: cursor, cursor file, retries, gaps). It is
+//! what `abide publish` and `abide watch` use, and a Rust program can use it
+//! too. It never runs inside the server; it runs on the caller's thread and
+//! blocks in HTTP calls (ureq, one keep-alive connection reused) and backoff
+//! waits (which a `Shutdown` cuts short).
+//!
+//! The rules: the read timeout is the poll timeout plus its jitter plus a
+//! margin, so the server's `204` always comes first (and a client-side timeout
+//! is just an empty poll); network errors and `5xx` are retried with
+//! exponential backoff and full jitter, honouring `Retry-After`, and the
+//! backoff resets after a success; other `4xx` (not `408`/`429`) stop.
+
+use std::fmt;
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use serde_json::Value;
+
+use crate::shutdown::Shutdown;
+
+/// Extra read time beyond the poll's own timeout and jitter.
+pub const READ_MARGIN: Duration = Duration::from_secs(10);
+/// Largest answer body the client reads (1000 events of 64 KiB fit).
+const MAX_ANSWER_BYTES: u64 = 128 * 1024 * 1024;
+/// Longest `Retry-After` honoured.
+const MAX_RETRY_AFTER: Duration = Duration::from_secs(300);
+
+/// What went wrong with one request.
+#[derive(Debug)]
+pub enum ClientError {
+    /// The server answered with an error status.
+    Status {
+        status: u16,
+        message: String,
+        retry_after: Option<Duration>,
+    },
+    /// No answer: connection refused or reset, DNS, timeouts while connecting.
+    Network(String),
+    /// An answer that is not what the API promises.
+    BadAnswer(String),
+}
+
+impl ClientError {
+    /// Worth trying again: network trouble, `5xx`, `408`, `429`.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            ClientError::Status { status, .. } => *status >= 500 || matches!(status, 408 | 429),
+            ClientError::Network(_) => true,
+            ClientError::BadAnswer(_) => false,
+        }
+    }
+
+    fn retry_after(&self) -> Option<Duration> {
+        match self {
+            ClientError::Status { retry_after, .. } => *retry_after,
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for ClientError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ClientError::Status {
+                status, message, ..
+            } => write!(f, "server answered {status}: {message}"),
+            ClientError::Network(msg) => write!(f, "network error: {msg}"),
+            ClientError::BadAnswer(msg) => write!(f, "unexpected answer: {msg}"),
+        }
+    }
+}
+
+impl std::error::Error for ClientError {}
+
+/// The answer to one poll.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Batch {
+    /// Events in id order (empty after a timeout).
+    pub events: Vec<Value>,
+    /// The server marked a gap (`Abide-Missed: true`).
+    pub missed: bool,
+}
+
+impl Batch {
+    /// The id of the last event, if any.
+    pub fn last_id(&self) -> Option<u64> {
+        self.events.last().and_then(|e| e["id"].as_u64())
+    }
+}
+
+/// A connection to one abide server.
+pub struct Client {
+    agent: ureq::Agent,
+    base_url: String,
+}
+
+impl Client {
+    /// A client for polls of at most `poll_timeout`.
+    pub fn new(base_url: &str, poll_timeout: Duration) -> Client {
+        let read_timeout = poll_timeout + poll_timeout / 16 + READ_MARGIN;
+        let agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_connect(Some(Duration::from_secs(10)))
+            .timeout_send_request(Some(Duration::from_secs(30)))
+            .timeout_recv_response(Some(read_timeout))
+            .timeout_recv_body(Some(read_timeout))
+            .build()
+            .into();
+        Client {
+            agent,
+            base_url: base_url.trim_end_matches('/').to_string(),
+        }
+    }
+
+    /// Publishes one JSON value; returns the stored event.
+    pub fn publish(&self, channel: &str, json: &str) -> Result<Value, ClientError> {
+        let url = format!("{}/channels/{channel}/events", self.base_url);
+        let result = self
+            .agent
+            .post(&url)
+            .header("Content-Type", "application/json")
+            .send(json);
+        let (status, _missed, body) = read_answer(result)?;
+        if status != 201 {
+            return Err(status_error(status, &body, None));
+        }
+        serde_json::from_str(&body).map_err(|e| ClientError::BadAnswer(e.to_string()))
+    }
+
+    /// One long poll. A client-side read timeout counts as an empty answer.
+    pub fn poll(
+        &self,
+        channels: &[String],
+        cursor: u64,
+        timeout: Duration,
+        limit: usize,
+    ) -> Result<Batch, ClientError> {
+        let mut query = form_urlencoded::Serializer::new(String::new());
+        query.append_pair("last_event_id", &cursor.to_string());
+        query.append_pair("timeout", &timeout.as_secs().to_string());
+        query.append_pair("limit", &limit.to_string());
+        let url = match channels {
+            [one] => format!("{}/channels/{one}/events?{}", self.base_url, query.finish()),
+            many => {
+                query.append_pair("channels", &many.join(","));
+                format!("{}/events?{}", self.base_url, query.finish())
+            }
+        };
+        let result = self.agent.get(&url).call();
+        if let Err(ureq::Error::Timeout(_)) = result {
+            return Ok(Batch {
+                events: Vec::new(),
+                missed: false,
+            });
+        }
+        let (status, missed, body) = read_answer(result)?;
+        match status {
+            200 => {
+                let events: Vec<Value> = serde_json::from_str(&body)
+                    .map_err(|e| ClientError::BadAnswer(format!("poll answer: {e}")))?;
+                Ok(Batch { events, missed })
+            }
+            204 => Ok(Batch {
+                events: Vec::new(),
+                missed,
+            }),
+            _ => Err(status_error(status, &body, None)),
+        }
+    }
+}
+
+/// Status, missed flag and body of an answer, or the error that replaced it.
+fn read_answer(
+    result: Result<ureq::http::Response<ureq::Body>, ureq::Error>,
+) -> Result<(u16, bool, String), ClientError> {
+    let mut response = result.map_err(|e| ClientError::Network(e.to_string()))?;
+    let status = response.status().as_u16();
+    let header = |name: &str| {
+        response
+            .headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+    };
+    let missed = header("abide-missed").is_some_and(|v| v == "true");
+    let retry_after = header("retry-after")
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .map(|s| Duration::from_secs(s).min(MAX_RETRY_AFTER));
+    let body = response
+        .body_mut()
+        .with_config()
+        .limit(MAX_ANSWER_BYTES)
+        .read_to_string()
+        .map_err(|e| ClientError::Network(format!("reading the answer: {e}")))?;
+    if status >= 400 {
+        return Err(status_error(status, &body, retry_after));
+    }
+    Ok((status, missed, body))
+}
+
+fn status_error(status: u16, body: &str, retry_after: Option<Duration>) -> ClientError {
+    let message = serde_json::from_str::<Value>(body)
+        .ok()
+        .and_then(|v| v["error"].as_str().map(str::to_string))
+        .unwrap_or_else(|| body.chars().take(200).collect());
+    ClientError::Status {
+        status,
+        message,
+        retry_after,
+    }
+}
+
+/// Exponential backoff with full jitter: the n-th delay is uniform in
+/// `[0, min(max, initial * 2^n)]`.
+#[derive(Debug, Clone)]
+pub struct Backoff {
+    initial: Duration,
+    max: Duration,
+    failures: u32,
+}
+
+impl Backoff {
+    pub fn new(initial: Duration, max: Duration) -> Backoff {
+        Backoff {
+            initial,
+            max,
+            failures: 0,
+        }
+    }
+
+    /// The bound of the next delay.
+    pub fn ceiling(&self) -> Duration {
+        let factor = 1u32.checked_shl(self.failures.min(30)).unwrap_or(u32::MAX);
+        self.initial.saturating_mul(factor).min(self.max)
+    }
+
+    /// The next delay, and one more failure counted.
+    pub fn next_delay(&mut self) -> Duration {
+        let ceiling = self.ceiling();
+        self.failures = self.failures.saturating_add(1);
+        Duration::from_nanos(fastrand::u64(0..=ceiling.as_nanos() as u64))
+    }
+
+    pub fn reset(&mut self) {
+        self.failures = 0;
+    }
+}
+
+/// What `Watcher::run` is told to do.
+#[derive(Debug, Clone)]
+pub struct WatchOptions {
+    pub base_url: String,
+    pub channels: Vec<String>,
+    /// Start after this id; wins over the cursor file.
+    pub from: Option<u64>,
+    /// Read at start, written (atomically) after each delivered batch.
+    pub cursor_file: Option<PathBuf>,
+    pub timeout: Duration,
+    pub limit: usize,
+    pub backoff_initial: Duration,
+    pub backoff_max: Duration,
+}
+
+/// Things the loop reports besides events.
+#[derive(Debug)]
+pub enum Note<'a> {
+    /// A poll failed and will be retried after `delay`.
+    Retrying {
+        error: &'a ClientError,
+        delay: Duration,
+    },
+    /// The server said events after `cursor` were dropped before delivery.
+    Missed { cursor: u64 },
+}
+
+/// How a watch ended.
+#[derive(Debug)]
+pub enum WatchEnd {
+    /// `Shutdown` was triggered.
+    Stopped,
+    /// An error not worth retrying (a `4xx`, a bad answer, a cursor file error).
+    Failed(String),
+}
+
+/// The poll loop: keeps the cursor, writes the cursor file, retries.
+pub struct Watcher {
+    options: WatchOptions,
+    client: Client,
+    cursor: u64,
+    backoff: Backoff,
+    /// Held while a batch is handed out and the cursor saved; a signal handler
+    /// takes it before exiting so that no batch is half delivered.
+    delivery: Arc<Mutex<()>>,
+}
+
+impl Watcher {
+    /// Reads the cursor file (when there is one and `from` is not given).
+    pub fn new(options: WatchOptions) -> Result<Watcher, String> {
+        let cursor = match (options.from, &options.cursor_file) {
+            (Some(from), _) => from,
+            (None, Some(path)) => read_cursor(path)?,
+            (None, None) => 0,
+        };
+        Ok(Watcher {
+            client: Client::new(&options.base_url, options.timeout),
+            backoff: Backoff::new(options.backoff_initial, options.backoff_max),
+            options,
+            cursor,
+            delivery: Arc::new(Mutex::new(())),
+        })
+    }
+
+    pub fn cursor(&self) -> u64 {
+        self.cursor
+    }
+
+    /// The lock held while a batch is delivered and its cursor saved.
+    pub fn delivery_lock(&self) -> Arc<Mutex<()>> {
+        self.delivery.clone()
+    }
+
+    /// One poll, no retry: the batch is delivered to `deliver` and the cursor
+    /// saved before it returns.
+    pub fn poll_once(
+        &mut self,
+        deliver: &mut dyn FnMut(&Batch) -> std::io::Result<()>,
+        note: &mut dyn FnMut(Note<'_>),
+    ) -> Result<Batch, ClientError> {
+        let o = &self.options;
+        let batch = self
+            .client
+            .poll(&o.channels, self.cursor, o.timeout, o.limit)?;
+        if batch.missed {
+            note(Note::Missed {
+                cursor: self.cursor,
+            });
+        }
+        let _delivering = self.delivery.lock();
+        if !batch.events.is_empty() {
+            deliver(&batch).map_err(|e| ClientError::BadAnswer(format!("output: {e}")))?;
+        }
+        let next = match batch.last_id() {
+            Some(id) => id,
+            // Nothing held past a cursor the server could not have issued: start over.
+            None if batch.missed => 0,
+            None => self.cursor,
+        };
+        if next != self.cursor {
+            self.cursor = next;
+            if let Some(path) = &self.options.cursor_file {
+                write_cursor(path, next).map_err(|e| {
+                    ClientError::BadAnswer(format!("cursor file {}: {e}", path.display()))
+                })?;
+            }
+        }
+        Ok(batch)
+    }
+
+    /// Polls until `stop` is triggered or an error not worth retrying.
+    pub fn run(
+        &mut self,
+        stop: &Shutdown,
+        deliver: &mut dyn FnMut(&Batch) -> std::io::Result<()>,
+        note: &mut dyn FnMut(Note<'_>),
+    ) -> WatchEnd {
+        while !stop.is_triggered() {
+            match self.poll_once(deliver, note) {
+                Ok(_) => self.backoff.reset(),
+                Err(error) if error.is_retryable() => {
+                    let jittered = self.backoff.next_delay();
+                    let delay = error.retry_after().unwrap_or(jittered);
+                    note(Note::Retrying {
+                        error: &error,
+                        delay,
+                    });
+                    if stop.wait_timeout(delay) {
+                        break;
+                    }
+                }
+                Err(error) => return WatchEnd::Failed(error.to_string()),
+            }
+        }
+        WatchEnd::Stopped
+    }
+}
+
+/// The cursor stored in `path`, or 0 when the file does not exist yet.
+pub fn read_cursor(path: &Path) -> Result<u64, String> {
+    match fs::read_to_string(path) {
+        Ok(text) => text.trim().parse().map_err(|_| {
+            format!(
+                "cursor file {} does not hold an event id: {:?}",
+                path.display(),
+                text.chars().take(40).collect::<String>()
+            )
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(0),
+        Err(e) => Err(format!("cursor file {}: {e}", path.display())),
+    }
+}
+
+/// Writes `cursor` to `path` atomically: a synced temporary file, then rename.
+pub fn write_cursor(path: &Path, cursor: u64) -> std::io::Result<()> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = PathBuf::from(tmp);
+    let mut file = fs::File::create(&tmp)?;
+    writeln!(file, "{cursor}")?;
+    file.sync_all()?;
+    fs::rename(&tmp, path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Backoff ceilings double from the initial delay up to the cap, and every delay stays within its ceiling.
+    #[test]
+    fn backoff_grows_is_capped_and_resets() {
+        let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
+        let mut ceilings = Vec::new();
+        for _ in 0..10 {
+            let ceiling = backoff.ceiling();
+            ceilings.push(ceiling.as_millis());
+            assert!(backoff.next_delay() <= ceiling);
+        }
+        assert_eq!(
+            ceilings,
+            [
+                500, 1000, 2000, 4000, 8000, 16000, 30000, 30000, 30000, 30000
+            ]
+        );
+        backoff.reset();
+        assert_eq!(backoff.ceiling(), Duration::from_millis(500));
+    }
+
+    /// Which failures are retried: network, 5xx, 408 and 429; not other 4xx.
+    #[test]
+    fn only_transient_failures_are_retried() {
+        let status = |status| ClientError::Status {
+            status,
+            message: String::new(),
+            retry_after: None,
+        };
+        assert!(status(503).is_retryable());
+        assert!(status(500).is_retryable());
+        assert!(status(408).is_retryable());
+        assert!(status(429).is_retryable());
+        assert!(!status(400).is_retryable());
+        assert!(!status(404).is_retryable());
+        assert!(!status(410).is_retryable());
+        assert!(ClientError::Network("refused".into()).is_retryable());
+    }
+
+    /// The cursor file round-trips, starts at 0 when absent, and refuses garbage.
+    #[test]
+    fn cursor_file_round_trips() {
+        let dir = std::env::temp_dir().join(format!("abide-cursor-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("cursor");
+        let _ = fs::remove_file(&path);
+        assert_eq!(read_cursor(&path), Ok(0));
+        write_cursor(&path, 1795514610318837).unwrap();
+        assert_eq!(read_cursor(&path), Ok(1795514610318837));
+        fs::write(&path, "nope").unwrap();
+        assert!(
+            read_cursor(&path)
+                .unwrap_err()
+                .contains("does not hold an event id")
+        );
+        fs::remove_dir_all(&dir).unwrap();
+    }
+}
