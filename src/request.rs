@@ -53,11 +53,13 @@ pub enum Action {
     },
 }
 
-/// Poll timeouts in force (from `Config`).
+/// The settings routing depends on (from `Config`).
 #[derive(Debug, Clone, Copy)]
-pub struct TimeoutLimits {
+pub struct RouteSettings {
     pub default_timeout: Duration,
     pub max_timeout: Duration,
+    /// Whether `/` (the demo page) is a route at all.
+    pub demo: bool,
 }
 
 const ALLOW_CHANNEL_EVENTS: &str = "GET, POST, OPTIONS";
@@ -89,7 +91,7 @@ pub fn route(
     method: &str,
     target: &str,
     last_event_id_header: Option<&str>,
-    limits: TimeoutLimits,
+    limits: RouteSettings,
 ) -> Result<Action, Error> {
     let (path, query) = target.split_once('?').unwrap_or((target, ""));
     let segments: Vec<&str> = path.split('/').collect();
@@ -139,7 +141,7 @@ pub fn route(
                 _ => None,
             },
         ),
-        ["", ""] => (ALLOW_READ_ONLY, get_or_head(method, Action::Demo)),
+        ["", ""] if limits.demo => (ALLOW_READ_ONLY, get_or_head(method, Action::Demo)),
         ["", "healthz"] => (ALLOW_READ_ONLY, get_or_head(method, Action::Healthz)),
         ["", "stats"] => (ALLOW_READ_ONLY, get_or_head(method, Action::Stats)),
         ["", "metrics"] => (ALLOW_READ_ONLY, get_or_head(method, Action::Metrics)),
@@ -205,7 +207,7 @@ fn poll_spec(
     channels: Vec<String>,
     query: &str,
     last_event_id_header: Option<&str>,
-    limits: TimeoutLimits,
+    limits: RouteSettings,
 ) -> Result<PollSpec, Error> {
     let params = params(query)?;
     let cursor = match (param(&params, "last_event_id"), last_event_id_header) {
@@ -256,9 +258,10 @@ fn parse_u64(what: &str, value: &str) -> Result<u64, Error> {
 mod tests {
     use super::*;
 
-    const LIMITS: TimeoutLimits = TimeoutLimits {
+    const LIMITS: RouteSettings = RouteSettings {
         default_timeout: Duration::from_secs(30),
         max_timeout: Duration::from_secs(120),
+        demo: true,
     };
 
     fn poll(target: &str, header: Option<&str>) -> Result<PollSpec, Error> {
@@ -378,6 +381,11 @@ mod tests {
         assert_eq!(r("GET", "/healthz").unwrap(), Action::Healthz);
         assert_eq!(r("GET", "/").unwrap(), Action::Demo);
         assert_eq!(r("GET", "/?x=1").unwrap(), Action::Demo);
+        let no_demo = RouteSettings {
+            demo: false,
+            ..LIMITS
+        };
+        assert_eq!(route("POST", "/", None, no_demo).unwrap_err().status(), 404);
         assert_eq!(r("HEAD", "/stats").unwrap(), Action::Stats);
         assert_eq!(r("GET", "/metrics?x=1").unwrap(), Action::Metrics);
         assert_eq!(

@@ -36,7 +36,7 @@ use crate::error::Error;
 use crate::hub::{Hub, HubLimits, PollStart, Ticket};
 use crate::pool::Pool;
 use crate::reply::{MISSED_HEADER, Reply};
-use crate::request::{self, Action, TimeoutLimits};
+use crate::request::{self, Action, RouteSettings};
 use crate::shutdown::Shutdown;
 
 /// Stack of a waiter thread: it only waits and writes a prepared answer.
@@ -373,9 +373,10 @@ impl Edge {
                 });
             }
         }
-        let limits = TimeoutLimits {
+        let limits = RouteSettings {
             default_timeout: self.config.default_timeout,
             max_timeout: self.config.max_timeout,
+            demo: self.config.demo,
         };
         let last_event_id = header(&request, "Last-Event-ID");
         let action = request::route(
@@ -429,10 +430,7 @@ impl Edge {
                 self.hub.delete(&channel);
                 Reply::empty(204)
             }
-            Ok(Action::Demo) if self.config.demo => demo::reply(),
-            Ok(Action::Demo) => {
-                Reply::error(&Error::NotFound("the demo page is off (--no-demo)".into()))
-            }
+            Ok(Action::Demo) => demo::reply(),
             Ok(Action::Healthz) => Reply::json(200, r#"{"status":"ok"}"#.into()),
             Ok(Action::Stats) => {
                 Reply::json(200, self.hub.stats().with_process_figures().to_json())

@@ -1118,7 +1118,10 @@ fn metrics_are_prometheus_text_matching_stats() {
 /// An unknown path is 404 with a JSON error, whatever the method.
 #[test]
 fn unknown_paths_are_404_json() {
-    let server = common::start();
+    let server = common::start_with(Config {
+        demo: false,
+        ..common::config()
+    });
     for path in [
         "/",
         "/nope",
@@ -1134,6 +1137,20 @@ fn unknown_paths_are_404_json() {
         server.post(path, "1").assert_error(404, "");
         server.delete(path).assert_error(404, "");
     }
+}
+
+/// The demo page is served at `/` unless `--no-demo` (checked above) turns it off.
+#[test]
+fn the_demo_page_is_served_at_the_root() {
+    let server = common::start();
+    let resp = server.get("/");
+    assert_eq!(resp.status, 200, "{resp:?}");
+    assert_eq!(
+        resp.header("content-type"),
+        Some("text/html; charset=utf-8")
+    );
+    assert!(resp.body.contains("<html"), "{}", resp.body);
+    server.post("/", "1").assert_error(405, "GET");
 }
 
 /// A known path with the wrong method is 405 with a JSON error and an `Allow` header listing the right methods.
