@@ -2,7 +2,7 @@
 CARGO ?= cargo
 ARGS ?=
 
-.PHONY: run test lint bench build release
+.PHONY: run test lint bench bench-quick bench-sizing build release
 
 ## Build (release) and serve on 127.0.0.1:8080 with the embedded defaults; extra flags via ARGS="--max-waiters 256".
 run:
@@ -17,8 +17,18 @@ lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --all-targets -- -D warnings
 
-## Sizing benchmark: resident memory and threads with polls held (writes target/sizing.md).
+## Benchmarks: abide beside an async variant (tokio + hyper) and Nchan (when
+## installed: apt-get install nginx-light libnginx-mod-nchan), five scenarios.
+## `bench` (about 7 minutes) writes BENCHMARKS.md and docs/bench/*.svg;
+## `bench-quick` (under 2 minutes) writes target/bench-quick/. Never run by `test`.
 bench:
+	BENCH_MODE=full $(CARGO) bench --bench compare
+
+bench-quick:
+	BENCH_MODE=quick $(CARGO) bench --bench compare
+
+## The README's sizing table (writes target/sizing.md).
+bench-sizing:
 	$(CARGO) bench --bench sizing
 
 build:

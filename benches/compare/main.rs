@@ -1,0 +1,454 @@
+//! The benchmark harness: abide side by side with an async variant (tokio +
+//! hyper, current-thread and 2-worker multi-thread runtimes) and, when
+//! installed, Nchan, in five scenarios (hold, fan-out, throughput, immediate
+//! polls, a Raspberry-Pi-sized profile). Writes BENCHMARKS.md and the SVG
+//! plots under docs/bench/ (full mode) or target/bench-quick/ (quick mode).
+//!
+//! `make bench` = `BENCH_MODE=full cargo bench --bench compare`;
+//! `make bench-quick` = `BENCH_MODE=quick cargo bench --bench compare`.
+//! Called as `compare serve-async --flavor current|multi --listen ADDR`, this
+//! executable is the async variant's server instead (the harness starts it so).
+//!
+//! Every loop is bounded in count and time, all traffic is on loopback, and
+//! every server process is killed by PID when its measurement ends, also on
+//! failure. Linux only (it reads /proc).
+
+mod async_server;
+mod client;
+mod plots;
+mod procfs;
+mod report;
+mod scenarios;
+mod servers;
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use report::{Meta, Results};
+use scenarios::Ctx;
+use servers::{ABIDE_DEFAULT_MAX_WAITERS, Kind, Launch};
+
+struct Plan {
+    mode: &'static str,
+    hold_ns: Vec<usize>,
+    idle: Duration,
+    fanout_ns: Vec<usize>,
+    rounds: usize,
+    tp_ks: Vec<usize>,
+    tp_secs: Duration,
+    tp_max_events: u64,
+    imm_conns: usize,
+    imm_secs: Duration,
+    pi_rounds: usize,
+    out_dir: PathBuf,
+    plot_dir: PathBuf,
+}
+
+fn plan() -> Plan {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let quick = std::env::var("BENCH_MODE").is_ok_and(|m| m == "quick");
+    if quick {
+        let out = root.join("target/bench-quick");
+        Plan {
+            mode: "quick",
+            hold_ns: vec![100, ABIDE_DEFAULT_MAX_WAITERS],
+            idle: Duration::from_secs(2),
+            fanout_ns: vec![10, 100],
+            rounds: 5,
+            tp_ks: vec![1, 10],
+            tp_secs: Duration::from_secs(1),
+            tp_max_events: 50_000,
+            imm_conns: 50,
+            imm_secs: Duration::from_secs(1),
+            pi_rounds: 3,
+            plot_dir: out.join("docs/bench"),
+            out_dir: out,
+        }
+    } else {
+        Plan {
+            mode: "full",
+            hold_ns: vec![100, 500, ABIDE_DEFAULT_MAX_WAITERS, 2000],
+            idle: Duration::from_secs(10),
+            fanout_ns: vec![10, 100, 500],
+            rounds: 20,
+            tp_ks: vec![1, 10, 100],
+            tp_secs: Duration::from_secs(5),
+            tp_max_events: 500_000,
+            imm_conns: 50,
+            imm_secs: Duration::from_secs(5),
+            pi_rounds: 20,
+            out_dir: root.to_path_buf(),
+            plot_dir: root.join("docs/bench"),
+        }
+    }
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some("serve-async") {
+        return serve_async(&args[1..]);
+    }
+    let _ = rlimit::increase_nofile_limit(u64::MAX);
+    let plan = plan();
+    // `BENCH_SCENARIOS=2,3` runs only those (for development); default all.
+    let only = std::env::var("BENCH_SCENARIOS").ok();
+    let wanted = |s: &str| {
+        only.as_deref()
+            .is_none_or(|o| o.split(',').any(|x| x.trim() == s))
+    };
+    let started = Instant::now();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    let nchan = servers::find_nchan();
+    let mut kinds = vec![Kind::Abide, Kind::AsyncCurrent, Kind::AsyncMulti];
+    match &nchan {
+        Ok(n) => {
+            eprintln!("Nchan: {} ({})", n.version, n.nginx.display());
+            kinds.push(Kind::Nchan);
+        }
+        Err(why) => {
+            eprintln!("Nchan skipped: {why} (apt-get install nginx-light libnginx-mod-nchan)")
+        }
+    }
+    // `BENCH_SERVERS=abide,nchan` keeps only those (for development); default all.
+    if let Ok(keep) = std::env::var("BENCH_SERVERS") {
+        kinds.retain(|k| keep.split(',').any(|x| x.trim() == k.short()));
+    }
+    let ctx = Ctx {
+        rt: &rt,
+        nchan: nchan.as_ref().ok(),
+    };
+    let launch = |kind: Kind, max_waiters: usize, pi: bool| Launch {
+        kind,
+        max_waiters,
+        pi,
+    };
+    let mut r = Results {
+        kinds: kinds.clone(),
+        hold: Vec::new(),
+        fanout: Vec::new(),
+        throughput: Vec::new(),
+        immediate: Vec::new(),
+        pi_hold: Vec::new(),
+        pi_fanout: Vec::new(),
+    };
+
+    for &n in plan.hold_ns.iter().filter(|_| wanted("1")) {
+        for &k in &kinds {
+            let max_waiters = n.max(ABIDE_DEFAULT_MAX_WAITERS);
+            let row = scenarios::hold(&ctx, &launch(k, max_waiters, false), n, plan.idle);
+            eprintln!(
+                "1 hold     N={n:<5} {:<24} {:>6} KiB/waiter, {} idle ticks{}",
+                k.label(),
+                row.per_waiter_kib()
+                    .map_or("-".into(), |v| format!("{v:.1}")),
+                row.idle_ticks,
+                row.error
+                    .as_ref()
+                    .map(|e| format!("  FAILED: {e}"))
+                    .unwrap_or_default()
+            );
+            r.hold.push((k, row));
+        }
+    }
+    for &n in plan.fanout_ns.iter().filter(|_| wanted("2")) {
+        for &k in &kinds {
+            let row = scenarios::fanout(
+                &ctx,
+                &launch(k, ABIDE_DEFAULT_MAX_WAITERS, false),
+                n,
+                plan.rounds,
+            );
+            eprintln!(
+                "2 fan-out  N={n:<5} {:<24} last {:.2} ms, publish {:.2} ms{}",
+                k.label(),
+                row.last_us / 1000.0,
+                row.publish_rtt_us / 1000.0,
+                row.error
+                    .as_ref()
+                    .map(|e| format!("  FAILED: {e}"))
+                    .unwrap_or_default()
+            );
+            r.fanout.push((k, row));
+        }
+    }
+    for &kk in plan.tp_ks.iter().filter(|_| wanted("3")) {
+        for &k in &kinds {
+            let row = scenarios::throughput(
+                &ctx,
+                &launch(k, ABIDE_DEFAULT_MAX_WAITERS, false),
+                kk,
+                plan.tp_secs,
+                plan.tp_max_events,
+            );
+            eprintln!(
+                "3 through  K={kk:<5} {:<24} {:.0} events/s, {:.0} deliveries/s, lost {} dup {} reord {} missed {}{}",
+                k.label(),
+                row.events_per_sec(),
+                row.deliveries_per_sec(),
+                row.losses,
+                row.duplicates,
+                row.reordered,
+                row.missed_marks,
+                row.error
+                    .as_ref()
+                    .map(|e| format!("  FAILED: {e}"))
+                    .unwrap_or_default()
+            );
+            r.throughput.push((k, row));
+        }
+    }
+    for &k in kinds.iter().filter(|_| wanted("4")) {
+        let row = scenarios::immediate(
+            &ctx,
+            &launch(k, ABIDE_DEFAULT_MAX_WAITERS, false),
+            plan.imm_conns,
+            plan.imm_secs,
+        );
+        eprintln!(
+            "4 immediate        {:<24} {:.0} polls/s, p99 {:.2} ms{}",
+            k.label(),
+            row.rps(),
+            row.p99_us / 1000.0,
+            row.error
+                .as_ref()
+                .map(|e| format!("  FAILED: {e}"))
+                .unwrap_or_default()
+        );
+        r.immediate.push((k, row));
+    }
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    if cpus > 1 {
+        scenarios::pin_self(&(1..cpus).collect::<Vec<_>>());
+    }
+    for &k in kinds.iter().filter(|_| wanted("5")) {
+        let l = launch(k, ABIDE_DEFAULT_MAX_WAITERS, true);
+        let h = scenarios::hold(&ctx, &l, ABIDE_DEFAULT_MAX_WAITERS, plan.idle);
+        let f = scenarios::fanout(&ctx, &l, ABIDE_DEFAULT_MAX_WAITERS, plan.pi_rounds);
+        eprintln!(
+            "5 Pi       N={:<5} {:<24} held {}, {} KiB/waiter, last {:.2} ms{}{}",
+            ABIDE_DEFAULT_MAX_WAITERS,
+            k.label(),
+            h.ok() && f.error.is_none(),
+            h.per_waiter_kib().map_or("-".into(), |v| format!("{v:.1}")),
+            f.last_us / 1000.0,
+            h.error
+                .as_ref()
+                .map(|e| format!("  hold FAILED: {e}"))
+                .unwrap_or_default(),
+            f.error
+                .as_ref()
+                .map(|e| format!("  fan-out FAILED: {e}"))
+                .unwrap_or_default()
+        );
+        r.pi_hold.push((k, h));
+        r.pi_fanout.push((k, f));
+    }
+    scenarios::pin_self(&(0..cpus).collect::<Vec<_>>());
+
+    std::fs::create_dir_all(&plan.plot_dir).expect("create the plot directory");
+    let plots = draw_plots(&r, &plan);
+    let nchan_config = nchan
+        .as_ref()
+        .ok()
+        .map(|n| servers::nchan_config(n, Path::new("DIR"), 0).replace(":0;", ":PORT;"));
+    let meta = Meta {
+        mode: plan.mode,
+        machine: machine_line(),
+        date: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
+        elapsed_secs: started.elapsed().as_secs_f64(),
+        nchan: nchan
+            .as_ref()
+            .map(|n| n.version.clone())
+            .map_err(Clone::clone),
+        nchan_config,
+        idle_secs: plan.idle.as_secs(),
+        rounds: plan.rounds,
+        tp_secs: plan.tp_secs.as_secs_f64(),
+        imm_secs: plan.imm_secs.as_secs_f64(),
+        imm_conns: plan.imm_conns,
+        plots,
+    };
+    // The hand-written notes are read when the report is written, so that they
+    // can be edited without rebuilding.
+    let notes = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/compare/notes.md"),
+    )
+    .unwrap_or_default();
+    let text = report::render(&r, &meta, &notes);
+    let path = plan.out_dir.join("BENCHMARKS.md");
+    std::fs::write(&path, text).expect("write BENCHMARKS.md");
+    eprintln!(
+        "wrote {} and the plots in {} ({:.0} s)",
+        path.display(),
+        plan.plot_dir.display(),
+        started.elapsed().as_secs_f64()
+    );
+}
+
+fn draw_plots(r: &Results, plan: &Plan) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    let rel = |name: &str| format!("docs/bench/{name}");
+    let kinds = &r.kinds;
+    // Memory per held waiter vs N.
+    let series: plots::Series = kinds
+        .iter()
+        .map(|&k| {
+            let pts = r
+                .hold
+                .iter()
+                .filter(|(kk, h)| *kk == k && h.error.is_none())
+                .filter_map(|(_, h)| Some((h.n as f64, h.per_waiter_kib()?)))
+                .collect();
+            (k, k.label().to_string(), pts, false)
+        })
+        .collect();
+    let file = "memory-per-waiter.svg";
+    match plots::line_chart(
+        &plots::Chart {
+            path: &plan.plot_dir.join(file),
+            title: "Resident memory per held waiter (VmRSS)",
+            x_desc: "held waiters N",
+            y_desc: "KiB per waiter",
+            log_x: true,
+            log_y: false,
+        },
+        &series,
+    ) {
+        Ok(()) => out.push(("memory per waiter vs N".into(), rel(file))),
+        Err(e) => eprintln!("plot {file}: {e}"),
+    }
+    // Fan-out latency vs N.
+    let mut series: plots::Series = Vec::new();
+    for &k in kinds {
+        let rows: Vec<_> = r
+            .fanout
+            .iter()
+            .filter(|(kk, f)| *kk == k && f.error.is_none())
+            .map(|(_, f)| f)
+            .collect();
+        series.push((
+            k,
+            format!("{} (last)", k.label()),
+            rows.iter()
+                .map(|f| (f.n as f64, f.last_us / 1000.0))
+                .collect(),
+            false,
+        ));
+        series.push((
+            k,
+            format!("{} (publisher)", k.label()),
+            rows.iter()
+                .map(|f| (f.n as f64, f.publish_rtt_us / 1000.0))
+                .collect(),
+            true,
+        ));
+    }
+    let file = "fanout-latency.svg";
+    match plots::line_chart(
+        &plots::Chart {
+            path: &plan.plot_dir.join(file),
+            title: "Fan-out: last waiter has the event (solid), publisher's round trip (dashed)",
+            x_desc: "waiters N",
+            y_desc: "ms (median of rounds)",
+            log_x: true,
+            log_y: true,
+        },
+        &series,
+    ) {
+        Ok(()) => out.push(("fan-out latency vs N".into(), rel(file))),
+        Err(e) => eprintln!("plot {file}: {e}"),
+    }
+    // Throughput vs K.
+    let mut series: plots::Series = Vec::new();
+    for &k in kinds {
+        let rows: Vec<_> = r
+            .throughput
+            .iter()
+            .filter(|(kk, t)| *kk == k && t.error.is_none())
+            .map(|(_, t)| t)
+            .collect();
+        series.push((
+            k,
+            format!("{} (deliveries/s)", k.label()),
+            rows.iter()
+                .map(|t| (t.k as f64, t.deliveries_per_sec()))
+                .collect(),
+            false,
+        ));
+        series.push((
+            k,
+            format!("{} (events/s)", k.label()),
+            rows.iter()
+                .map(|t| (t.k as f64, t.events_per_sec()))
+                .collect(),
+            true,
+        ));
+    }
+    let file = "throughput.svg";
+    match plots::line_chart(
+        &plots::Chart {
+            path: &plan.plot_dir.join(file),
+            title: "Throughput: deliveries/s (solid), events published/s (dashed)",
+            x_desc: "subscribers K",
+            y_desc: "per second",
+            log_x: true,
+            log_y: true,
+        },
+        &series,
+    ) {
+        Ok(()) => out.push(("throughput vs K".into(), rel(file))),
+        Err(e) => eprintln!("plot {file}: {e}"),
+    }
+    out
+}
+
+fn serve_async(args: &[String]) {
+    let mut flavor = async_server::Flavor::Current;
+    let mut listen = std::net::SocketAddr::from(([127, 0, 0, 1], 8081));
+    let mut buffer = servers::BUFFER;
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        let v = it.next().map(String::as_str).unwrap_or("");
+        match a.as_str() {
+            "--flavor" => {
+                flavor = if v == "multi" {
+                    async_server::Flavor::Multi
+                } else {
+                    async_server::Flavor::Current
+                }
+            }
+            "--listen" => listen = v.parse().expect("--listen ADDR"),
+            "--buffer" => buffer = v.parse().expect("--buffer N"),
+            other => panic!("unknown flag {other}"),
+        }
+    }
+    async_server::main(flavor, listen, buffer);
+}
+
+fn machine_line() -> String {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let cpu = cpuinfo
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("model name")
+                .or_else(|| l.strip_prefix("Model"))
+        })
+        .map(|v| v.trim_start_matches([' ', '\t', ':']).to_string())
+        .unwrap_or_else(|| "unknown CPU".into());
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .unwrap_or_default()
+        .trim()
+        .to_string();
+    let mem = procfs::meminfo_kib("MemTotal:") / 1024;
+    format!(
+        "{cores} cores, {cpu}, {} MiB RAM, Linux {kernel} ({}), abide {}",
+        mem,
+        std::env::consts::ARCH,
+        env!("CARGO_PKG_VERSION")
+    )
+}

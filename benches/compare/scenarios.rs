@@ -1,0 +1,673 @@
+//! The five scenarios. Each runs against one freshly started server and
+//! returns its figures; `main` runs every server in turn for each point.
+//! Orchestration runs on the main thread (it may block); the connections are
+//! tokio tasks on the harness's runtime.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use tokio::runtime::Runtime;
+use tokio::sync::{Semaphore, mpsc, watch};
+
+use crate::client::{Conn, numbers_after};
+use crate::procfs::{self, Kernel, ProcSample};
+use crate::servers::{Launch, NchanInstall, Server};
+
+/// Longest a poll is held in any scenario (seconds, the `timeout` parameter).
+const HOLD_SECS: u64 = 110;
+
+pub struct Ctx<'a> {
+    pub rt: &'a Runtime,
+    pub nchan: Option<&'a NchanInstall>,
+}
+
+fn wall_ns() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
+}
+
+/// The same light warm-up for every server before a baseline is read: a
+/// publish, a poll answered at once, and one held poll released by a publish.
+fn warm_up(ctx: &Ctx, server: &Server) -> Result<(), String> {
+    let id = server
+        .publish_blocking("warm", r#"{"warm":1}"#)
+        .map_err(|e| format!("warm-up publish: {e}"))?;
+    let addr = server.addr;
+    let now = server.immediate_request("warm");
+    let held = server.poll_request("warm", &server.start_cursor(id), HOLD_SECS);
+    let task = ctx.rt.spawn(async move {
+        let mut c = Conn::connect(addr).await?;
+        c.request_within(&now, Duration::from_secs(10)).await?;
+        let mut c = Conn::connect(addr).await?;
+        c.request_within(&held, Duration::from_secs(20)).await
+    });
+    server.wait_for_waiters(1, Duration::from_secs(10))?;
+    server
+        .publish_blocking("warm", r#"{"warm":2}"#)
+        .map_err(|e| format!("warm-up publish: {e}"))?;
+    let resp = ctx
+        .rt
+        .block_on(task)
+        .map_err(|e| e.to_string())?
+        .map_err(|e| format!("warm-up poll: {e}"))?;
+    if resp.status != 200 {
+        return Err(format!("warm-up poll got {}", resp.status));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    Ok(())
+}
+
+// ---------------------------------------------------------------- 1. hold
+
+#[derive(Clone, Debug, Default)]
+pub struct HoldRow {
+    pub n: usize,
+    pub max_waiters: usize,
+    pub before: ProcSample,
+    pub with: ProcSample,
+    pub kernel_before: Kernel,
+    pub kernel_with: Kernel,
+    pub idle_ticks: u64,
+    /// Polls answered `200` with the release event.
+    pub answered: usize,
+    pub error: Option<String>,
+    /// abide only: resident KiB by kind of mapping, before and with.
+    pub smaps_before: BTreeMap<&'static str, (u64, u64)>,
+    pub smaps_with: BTreeMap<&'static str, (u64, u64)>,
+}
+
+impl HoldRow {
+    pub fn per_waiter_kib(&self) -> Option<f64> {
+        (self.error.is_none() && self.n > 0)
+            .then(|| (self.with.rss_kib as f64 - self.before.rss_kib as f64) / self.n as f64)
+    }
+    pub fn ok(&self) -> bool {
+        self.error.is_none() && self.answered == self.n
+    }
+}
+
+/// Classifies abide's mappings: thread stacks by their size.
+pub fn abide_mapping_class(m: &procfs::Mapping) -> &'static str {
+    let anon = m.path.is_empty();
+    if m.path == "[heap]" {
+        "main arena ([heap])"
+    } else if !anon {
+        if m.path.starts_with('[') {
+            "other"
+        } else {
+            "binary and libraries"
+        }
+    } else if m.perms.starts_with("rw") {
+        match m.size_kib {
+            64 => "waiter stacks (64 KiB)",
+            128 => "connection stacks (128 KiB, tiny_http)",
+            256 => "writer/dispatch stacks (256 KiB)",
+            132 | 136 | 140 => "malloc thread arenas",
+            s if s > 1024 => "malloc thread arenas",
+            _ => "other anonymous",
+        }
+    } else {
+        "other"
+    }
+}
+
+pub fn hold(ctx: &Ctx, launch: &Launch, n: usize, idle: Duration) -> HoldRow {
+    let mut row = HoldRow {
+        n,
+        max_waiters: launch.max_waiters,
+        ..HoldRow::default()
+    };
+    let server = match Server::start(launch, ctx.nchan) {
+        Ok(s) => s,
+        Err(e) => {
+            row.error = Some(format!("did not start: {e}"));
+            return row;
+        }
+    };
+    if let Err(e) = hold_on(ctx, &server, &mut row, idle) {
+        row.error = Some(e);
+    }
+    row
+}
+
+fn hold_on(ctx: &Ctx, server: &Server, row: &mut HoldRow, idle: Duration) -> Result<(), String> {
+    let n = row.n;
+    warm_up(ctx, server)?;
+    let is_abide = server.kind == crate::servers::Kind::Abide;
+    row.before = procfs::sample(&server.pids());
+    row.kernel_before = procfs::kernel();
+    if is_abide {
+        row.smaps_before = procfs::breakdown(server.serving_pid(), &abide_mapping_class);
+    }
+    let request = Arc::new(server.poll_request("hold", &server.start_cursor(0), HOLD_SECS));
+    let addr = server.addr;
+    let gate = Arc::new(Semaphore::new(64));
+    let mut tasks = Vec::with_capacity(n);
+    for _ in 0..n {
+        let request = request.clone();
+        let gate = gate.clone();
+        tasks.push(ctx.rt.spawn(async move {
+            let permit = gate.acquire_owned().await.expect("open");
+            let mut c = Conn::connect(addr).await?;
+            c.send(&request).await?;
+            drop(permit);
+            tokio::time::timeout(Duration::from_secs(HOLD_SECS), c.read_response())
+                .await
+                .map_err(|_| std::io::Error::other("no answer"))?
+        }));
+    }
+    server.wait_for_waiters(n as u64, Duration::from_secs(60))?;
+    std::thread::sleep(Duration::from_millis(500));
+    let ticks_before = procfs::sample(&server.pids()).ticks;
+    std::thread::sleep(idle); // the measurement: CPU used while nothing happens
+    row.with = procfs::sample(&server.pids());
+    row.kernel_with = procfs::kernel();
+    row.idle_ticks = row.with.ticks - ticks_before;
+    if is_abide {
+        row.smaps_with = procfs::breakdown(server.serving_pid(), &abide_mapping_class);
+    }
+    if !server.alive() {
+        return Err("the server died while holding".into());
+    }
+    server
+        .publish_blocking("hold", r#"{"bseq":0,"release":true}"#)
+        .map_err(|e| format!("release publish: {e}"))?;
+    let mut errors = BTreeMap::new();
+    for task in tasks {
+        match ctx.rt.block_on(task) {
+            Ok(Ok(resp))
+                if resp.status == 200 && !numbers_after(&resp.body, b"\"bseq\":").is_empty() =>
+            {
+                row.answered += 1
+            }
+            Ok(Ok(resp)) => *errors.entry(format!("status {}", resp.status)).or_insert(0) += 1,
+            Ok(Err(e)) => *errors.entry(e.to_string()).or_insert(0) += 1,
+            Err(e) => *errors.entry(e.to_string()).or_insert(0) += 1,
+        }
+    }
+    if row.answered != n {
+        return Err(format!(
+            "{} of {n} held polls answered 200; others: {errors:?}",
+            row.answered
+        ));
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------- 2. fan-out
+
+#[derive(Clone, Debug, Default)]
+pub struct FanoutRow {
+    pub n: usize,
+    pub rounds: usize,
+    /// Medians over the rounds, in microseconds.
+    pub first_us: f64,
+    pub median_us: f64,
+    pub p99_us: f64,
+    pub last_us: f64,
+    /// Median time for the publisher's POST to be answered, microseconds.
+    pub publish_rtt_us: f64,
+    pub publish_rtt_max_us: f64,
+    pub error: Option<String>,
+}
+
+pub fn fanout(ctx: &Ctx, launch: &Launch, n: usize, rounds: usize) -> FanoutRow {
+    let mut row = FanoutRow {
+        n,
+        rounds,
+        ..FanoutRow::default()
+    };
+    let server = match Server::start(launch, ctx.nchan) {
+        Ok(s) => s,
+        Err(e) => {
+            row.error = Some(format!("did not start: {e}"));
+            return row;
+        }
+    };
+    if let Err(e) = fanout_on(ctx, &server, &mut row) {
+        row.error = Some(e);
+    }
+    row
+}
+
+fn fanout_on(ctx: &Ctx, server: &Server, row: &mut FanoutRow) -> Result<(), String> {
+    let (n, rounds) = (row.n, row.rounds);
+    warm_up(ctx, server)?;
+    let last = server
+        .publish_blocking("fan", r#"{"prime":1}"#)
+        .map_err(|e| e.to_string())?;
+    let (round_tx, round_rx) = watch::channel(0usize);
+    let (result_tx, mut result_rx) = mpsc::unbounded_channel::<(usize, Result<i64, String>)>();
+    let addr = server.addr;
+    let gate = Arc::new(Semaphore::new(64));
+    let mut tasks = Vec::new();
+    for _ in 0..n {
+        let mut cursor = server.start_cursor(last);
+        let mut round_rx = round_rx.clone();
+        let result_tx = result_tx.clone();
+        let gate = gate.clone();
+        let nchan = server.kind.is_nchan();
+        tasks.push(ctx.rt.spawn(async move {
+            let mut conn = {
+                let _permit = gate.acquire().await.expect("open");
+                match Conn::connect(addr).await {
+                    Ok(c) => c,
+                    Err(e) => {
+                        let _ = result_tx.send((0, Err(e.to_string())));
+                        return;
+                    }
+                }
+            };
+            for r in 0..rounds {
+                if round_rx.wait_for(|&v| v >= r).await.is_err() {
+                    return;
+                }
+                let request = crate::servers::request_for(nchan, "fan", &cursor, HOLD_SECS);
+                let out = match conn.request_within(&request, Duration::from_secs(60)).await {
+                    Ok(resp) if resp.status == 200 => {
+                        let got = wall_ns();
+                        cursor.advance(&resp);
+                        match numbers_after(&resp.body, b"\"bts\":").last() {
+                            Some(&sent) => Ok((got as i64 - sent as i64) / 1000),
+                            None => Err("an answer without the timestamp".to_string()),
+                        }
+                    }
+                    Ok(resp) => Err(format!("status {}", resp.status)),
+                    Err(e) => Err(e.to_string()),
+                };
+                let failed = out.is_err();
+                let _ = result_tx.send((r, out));
+                if failed {
+                    return;
+                }
+            }
+        }));
+    }
+    drop(result_tx);
+    let mut publisher = ctx
+        .rt
+        .block_on(Conn::connect(addr))
+        .map_err(|e| e.to_string())?;
+    let mut per_round: Vec<[f64; 5]> = Vec::new();
+    let mut rtt_max = 0f64;
+    for r in 0..rounds {
+        let _ = round_tx.send(r);
+        server.wait_for_waiters(n as u64, Duration::from_secs(30))?;
+        let body = format!(r#"{{"bseq":{r},"bts":{}}}"#, wall_ns());
+        let request = server.publish_request("fan", &body);
+        let t0 = Instant::now();
+        let resp = ctx
+            .rt
+            .block_on(async {
+                publisher
+                    .request_within(&request, Duration::from_secs(30))
+                    .await
+            })
+            .map_err(|e| format!("publish: {e}"))?;
+        let rtt = t0.elapsed().as_secs_f64() * 1e6;
+        if !(200..300).contains(&resp.status) {
+            return Err(format!("publish got {}", resp.status));
+        }
+        let mut lat = Vec::with_capacity(n);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        while lat.len() < n {
+            match ctx
+                .rt
+                .block_on(async { tokio::time::timeout_at(deadline, result_rx.recv()).await })
+            {
+                Ok(Some((rr, Ok(us)))) if rr == r => lat.push(us.max(0) as f64),
+                Ok(Some((rr, Err(e)))) => return Err(format!("round {rr}: a waiter failed: {e}")),
+                Ok(Some(_)) => {}
+                Ok(None) => return Err("waiters ended early".into()),
+                Err(_) => {
+                    return Err(format!(
+                        "round {r}: {} of {n} waiters answered in 30 s",
+                        lat.len()
+                    ));
+                }
+            }
+        }
+        lat.sort_by(f64::total_cmp);
+        per_round.push([
+            lat[0],
+            percentile(&lat, 0.5),
+            percentile(&lat, 0.99),
+            lat[n - 1],
+            rtt,
+        ]);
+        rtt_max = rtt_max.max(rtt);
+    }
+    for t in tasks {
+        let _ = ctx.rt.block_on(t);
+    }
+    let col = |i: usize| median(&per_round.iter().map(|r| r[i]).collect::<Vec<_>>());
+    row.first_us = col(0);
+    row.median_us = col(1);
+    row.p99_us = col(2);
+    row.last_us = col(3);
+    row.publish_rtt_us = col(4);
+    row.publish_rtt_max_us = rtt_max;
+    Ok(())
+}
+
+pub fn percentile(sorted: &[f64], q: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * q).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+pub fn median(values: &[f64]) -> f64 {
+    let mut v = values.to_vec();
+    v.sort_by(f64::total_cmp);
+    percentile(&v, 0.5)
+}
+
+// ---------------------------------------------------------------- 3. throughput
+
+#[derive(Clone, Debug, Default)]
+pub struct ThroughputRow {
+    pub k: usize,
+    pub published: u64,
+    pub publish_secs: f64,
+    pub deliveries: u64,
+    pub delivery_secs: f64,
+    pub losses: u64,
+    pub duplicates: u64,
+    pub reordered: u64,
+    /// Answers marked `Abide-Missed: true` (the server said it dropped events).
+    pub missed_marks: u64,
+    pub error: Option<String>,
+}
+
+impl ThroughputRow {
+    pub fn events_per_sec(&self) -> f64 {
+        self.published as f64 / self.publish_secs.max(1e-9)
+    }
+    pub fn deliveries_per_sec(&self) -> f64 {
+        self.deliveries as f64 / self.delivery_secs.max(1e-9)
+    }
+    pub fn exact(&self) -> bool {
+        self.error.is_none() && self.losses == 0 && self.duplicates == 0 && self.reordered == 0
+    }
+}
+
+struct SubResult {
+    seqs: Vec<u64>,
+    missed_marks: u64,
+    last_at: Option<Instant>,
+    error: Option<String>,
+}
+
+pub fn throughput(
+    ctx: &Ctx,
+    launch: &Launch,
+    k: usize,
+    duration: Duration,
+    max_events: u64,
+) -> ThroughputRow {
+    let mut row = ThroughputRow {
+        k,
+        ..ThroughputRow::default()
+    };
+    let server = match Server::start(launch, ctx.nchan) {
+        Ok(s) => s,
+        Err(e) => {
+            row.error = Some(format!("did not start: {e}"));
+            return row;
+        }
+    };
+    if let Err(e) = throughput_on(ctx, &server, &mut row, duration, max_events) {
+        row.error = Some(e);
+    }
+    row
+}
+
+fn throughput_on(
+    ctx: &Ctx,
+    server: &Server,
+    row: &mut ThroughputRow,
+    duration: Duration,
+    max_events: u64,
+) -> Result<(), String> {
+    let k = row.k;
+    warm_up(ctx, server)?;
+    let last = server
+        .publish_blocking("tp", r#"{"prime":1}"#)
+        .map_err(|e| e.to_string())?;
+    let addr = server.addr;
+    let nchan = server.kind.is_nchan();
+    let drain_limit = duration + Duration::from_secs(20);
+    let mut subs = Vec::new();
+    for _ in 0..k {
+        let mut cursor = server.start_cursor(last);
+        subs.push(ctx.rt.spawn(async move {
+            let mut out = SubResult {
+                seqs: Vec::new(),
+                missed_marks: 0,
+                last_at: None,
+                error: None,
+            };
+            let started = Instant::now();
+            let mut conn = match Conn::connect(addr).await {
+                Ok(c) => c,
+                Err(e) => {
+                    out.error = Some(e.to_string());
+                    return out;
+                }
+            };
+            loop {
+                let left = drain_limit.saturating_sub(started.elapsed());
+                if left.is_zero() {
+                    out.error = Some("did not see the end marker in time".into());
+                    return out;
+                }
+                let request = crate::servers::request_for(nchan, "tp", &cursor, HOLD_SECS);
+                match conn.request_within(&request, left).await {
+                    Ok(resp) if resp.status == 200 => {
+                        out.last_at = Some(Instant::now());
+                        out.missed_marks += u64::from(resp.missed);
+                        out.seqs.extend(numbers_after(&resp.body, b"\"bseq\":"));
+                        cursor.advance(&resp);
+                        if !numbers_after(&resp.body, b"\"bend\":").is_empty() {
+                            return out;
+                        }
+                    }
+                    Ok(resp) if resp.status == 204 || resp.status == 304 || resp.status == 408 => {}
+                    Ok(resp) => {
+                        out.error = Some(format!("status {}", resp.status));
+                        return out;
+                    }
+                    Err(e) => {
+                        out.error = Some(e.to_string());
+                        return out;
+                    }
+                }
+            }
+        }));
+    }
+    server.wait_for_waiters(k as u64, Duration::from_secs(30))?;
+    let publish_path_req = {
+        let s = server;
+        move |body: &str| s.publish_request("tp", body)
+    };
+    let started = Instant::now();
+    let pub_result: Result<u64, String> = ctx.rt.block_on(async {
+        let mut conn = Conn::connect(addr).await.map_err(|e| e.to_string())?;
+        let mut i = 0u64;
+        while i < max_events && started.elapsed() < duration {
+            let req = publish_path_req(&format!(r#"{{"bseq":{i}}}"#));
+            let resp = conn
+                .request_within(&req, Duration::from_secs(30))
+                .await
+                .map_err(|e| format!("publish: {e}"))?;
+            if !(200..300).contains(&resp.status) {
+                return Err(format!("publish got {}", resp.status));
+            }
+            i += 1;
+        }
+        Ok(i)
+    });
+    let published = pub_result?;
+    row.publish_secs = started.elapsed().as_secs_f64();
+    row.published = published;
+    server
+        .publish_blocking("tp", r#"{"bend":1}"#)
+        .map_err(|e| format!("end marker: {e}"))?;
+    let mut last_at = started;
+    let mut errors = Vec::new();
+    for sub in subs {
+        let r = ctx.rt.block_on(sub).map_err(|e| e.to_string())?;
+        if let Some(e) = r.error {
+            errors.push(e);
+        }
+        if let Some(t) = r.last_at {
+            last_at = last_at.max(t);
+        }
+        row.missed_marks += r.missed_marks;
+        row.deliveries += r.seqs.len() as u64;
+        let mut seen = vec![false; published as usize];
+        let mut prev: Option<u64> = None;
+        for &s in &r.seqs {
+            if s >= published {
+                continue;
+            }
+            if seen[s as usize] {
+                row.duplicates += 1;
+            }
+            seen[s as usize] = true;
+            if prev.is_some_and(|p| s < p) {
+                row.reordered += 1;
+            }
+            prev = Some(s);
+        }
+        row.losses += seen.iter().filter(|x| !**x).count() as u64;
+    }
+    row.delivery_secs = (last_at - started).as_secs_f64();
+    if !errors.is_empty() {
+        return Err(format!(
+            "{} subscribers failed, e.g. {}",
+            errors.len(),
+            errors[0]
+        ));
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------- 4. immediate polls
+
+#[derive(Clone, Debug, Default)]
+pub struct ImmediateRow {
+    pub requests: u64,
+    pub errors: u64,
+    pub secs: f64,
+    pub p50_us: f64,
+    pub p99_us: f64,
+    pub p999_us: f64,
+    pub max_us: f64,
+    pub error: Option<String>,
+}
+
+impl ImmediateRow {
+    pub fn rps(&self) -> f64 {
+        self.requests as f64 / self.secs.max(1e-9)
+    }
+}
+
+pub fn immediate(
+    ctx: &Ctx,
+    launch: &Launch,
+    connections: usize,
+    duration: Duration,
+) -> ImmediateRow {
+    let mut row = ImmediateRow::default();
+    let server = match Server::start(launch, ctx.nchan) {
+        Ok(s) => s,
+        Err(e) => {
+            row.error = Some(format!("did not start: {e}"));
+            return row;
+        }
+    };
+    let mut run = || -> Result<(), String> {
+        warm_up(ctx, &server)?;
+        for i in 0..10 {
+            server
+                .publish_blocking("imm", &format!(r#"{{"bseq":{i}}}"#))
+                .map_err(|e| e.to_string())?;
+        }
+        let request = Arc::new(server.immediate_request("imm"));
+        let addr = server.addr;
+        let started = Instant::now();
+        let tasks: Vec<_> = (0..connections)
+            .map(|_| {
+                let request = request.clone();
+                ctx.rt.spawn(async move {
+                    let mut lat = Vec::new();
+                    let mut errors = 0u64;
+                    let Ok(mut conn) = Conn::connect(addr).await else {
+                        return (lat, 1);
+                    };
+                    while started.elapsed() < duration {
+                        let t0 = Instant::now();
+                        match conn.request_within(&request, Duration::from_secs(10)).await {
+                            Ok(resp) if resp.status == 200 => {
+                                lat.push(t0.elapsed().as_secs_f64() * 1e6)
+                            }
+                            Ok(_) => errors += 1,
+                            Err(_) => {
+                                errors += 1;
+                                match Conn::connect(addr).await {
+                                    Ok(c) => conn = c,
+                                    Err(_) => break,
+                                }
+                            }
+                        }
+                    }
+                    (lat, errors)
+                })
+            })
+            .collect();
+        let mut all = Vec::new();
+        for t in tasks {
+            let (lat, errors) = ctx.rt.block_on(t).map_err(|e| e.to_string())?;
+            row.errors += errors;
+            all.extend(lat);
+        }
+        row.secs = started.elapsed().as_secs_f64();
+        all.sort_by(f64::total_cmp);
+        row.requests = all.len() as u64;
+        row.p50_us = percentile(&all, 0.5);
+        row.p99_us = percentile(&all, 0.99);
+        row.p999_us = percentile(&all, 0.999);
+        row.max_us = all.last().copied().unwrap_or(f64::NAN);
+        Ok(())
+    };
+    if let Err(e) = run() {
+        row.error = Some(e);
+    }
+    row
+}
+
+// ---------------------------------------------------------------- pinning
+
+/// Pins every thread of this process to `cpus` (the Pi profile keeps the
+/// load generator off the server's core).
+pub fn pin_self(cpus: &[usize]) {
+    // SAFETY: cpu_set_t is plain data; the calls get valid pointers and sizes.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        for &c in cpus {
+            libc::CPU_SET(c, &mut set);
+        }
+        if let Ok(tasks) = std::fs::read_dir("/proc/self/task") {
+            for t in tasks.flatten() {
+                if let Some(tid) = t.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) {
+                    libc::sched_setaffinity(tid, std::mem::size_of::<libc::cpu_set_t>(), &set);
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,599 @@
+//! Starting, watching and stopping the servers under test, each in its own
+//! process group of one (abide, the async variant) or two (nginx's master and
+//! its one worker) processes. Every process started here is killed by PID when
+//! its `Server` is dropped, also when a scenario fails.
+
+use std::io::{self, BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::procfs;
+
+/// Events each server keeps per channel (abide's default `--buffer`).
+pub const BUFFER: usize = 256;
+/// abide's default `--max-waiters`.
+pub const ABIDE_DEFAULT_MAX_WAITERS: usize = 512;
+/// The Pi profile's address-space limit.
+pub const PI_AS_BYTES: u64 = 512 * 1024 * 1024;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Kind {
+    Abide,
+    AsyncCurrent,
+    AsyncMulti,
+    Nchan,
+}
+
+impl Kind {
+    pub fn label(self) -> &'static str {
+        match self {
+            Kind::Abide => "abide",
+            Kind::AsyncCurrent => "async, current-thread",
+            Kind::AsyncMulti => "async, multi-thread (2)",
+            Kind::Nchan => "Nchan (1 worker)",
+        }
+    }
+
+    pub fn short(self) -> &'static str {
+        match self {
+            Kind::Abide => "abide",
+            Kind::AsyncCurrent => "async-ct",
+            Kind::AsyncMulti => "async-mt",
+            Kind::Nchan => "nchan",
+        }
+    }
+
+    pub fn is_nchan(self) -> bool {
+        self == Kind::Nchan
+    }
+}
+
+/// Where nginx and the Nchan module are, when installed.
+#[derive(Clone, Debug)]
+pub struct NchanInstall {
+    pub nginx: PathBuf,
+    /// `load_module` line target; `None` when the module is built in.
+    pub module: Option<PathBuf>,
+    pub version: String,
+}
+
+/// Finds nginx with the Nchan module (`NCHAN_NGINX`/`NCHAN_MODULE` override).
+pub fn find_nchan() -> Result<NchanInstall, String> {
+    let nginx = std::env::var_os("NCHAN_NGINX")
+        .map(PathBuf::from)
+        .or_else(|| {
+            [
+                "/usr/sbin/nginx",
+                "/usr/local/sbin/nginx",
+                "/usr/local/nginx/sbin/nginx",
+                "/usr/bin/nginx",
+            ]
+            .iter()
+            .map(PathBuf::from)
+            .find(|p| p.exists())
+        })
+        .ok_or("nginx is not installed")?;
+    let v = Command::new(&nginx)
+        .arg("-V")
+        .output()
+        .map_err(|e| format!("{}: {e}", nginx.display()))?;
+    let text = String::from_utf8_lossy(&v.stderr).to_string();
+    let version = text
+        .lines()
+        .next()
+        .unwrap_or("nginx")
+        .replace("nginx version: ", "");
+    let module = std::env::var_os("NCHAN_MODULE")
+        .map(PathBuf::from)
+        .or_else(|| {
+            [
+                "/usr/lib/nginx/modules/ngx_nchan_module.so",
+                "/usr/local/nginx/modules/ngx_nchan_module.so",
+            ]
+            .iter()
+            .map(PathBuf::from)
+            .find(|p| p.exists())
+        });
+    if module.is_none() && !text.contains("nchan") {
+        return Err(format!(
+            "{} has no Nchan module (libnginx-mod-nchan)",
+            nginx.display()
+        ));
+    }
+    let nchan_version = Command::new("dpkg-query")
+        .args(["-W", "-f", "${Version}", "libnginx-mod-nchan"])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| format!(", Nchan {}", String::from_utf8_lossy(&o.stdout)))
+        .unwrap_or_default();
+    Ok(NchanInstall {
+        nginx,
+        module,
+        version: format!("{version}{nchan_version}"),
+    })
+}
+
+/// The nginx configuration the harness runs Nchan with.
+pub fn nchan_config(nchan: &NchanInstall, dir: &Path, port: u16) -> String {
+    let load = nchan
+        .module
+        .as_ref()
+        .map(|m| format!("load_module {};\n", m.display()))
+        .unwrap_or_default();
+    let d = dir.display();
+    format!(
+        r#"{load}worker_processes 1;
+worker_rlimit_nofile 65536;
+pid {d}/nginx.pid;
+error_log {d}/error.log warn;
+events {{ worker_connections 16384; }}
+http {{
+    access_log off;
+    client_body_temp_path {d}/body;
+    proxy_temp_path {d}/proxy;
+    fastcgi_temp_path {d}/fastcgi;
+    uwsgi_temp_path {d}/uwsgi;
+    scgi_temp_path {d}/scgi;
+    client_max_body_size 64k;
+    client_body_buffer_size 64k;
+    keepalive_requests 1000000;
+    keepalive_timeout 75s;
+    nchan_message_buffer_length {BUFFER};
+    nchan_message_timeout 0;
+    server {{
+        listen 127.0.0.1:{port};
+        # Publisher: POST /pub/{{channel}}
+        location ~ ^/pub/([\w.-]+)$ {{
+            nchan_publisher;
+            nchan_channel_id $1;
+        }}
+        # Long-poll subscriber: waits for the next message, then follows the
+        # Last-Modified/Etag cursor; all buffered messages in one answer.
+        location ~ ^/sub/([\w.-]+)$ {{
+            nchan_subscriber longpoll;
+            nchan_channel_id $1;
+            nchan_subscriber_first_message newest;
+            nchan_longpoll_multipart_response on;
+            nchan_subscriber_timeout 120s;
+        }}
+        # Immediate polls: the oldest buffered message, at once.
+        location ~ ^/now/([\w.-]+)$ {{
+            nchan_subscriber longpoll;
+            nchan_channel_id $1;
+            nchan_subscriber_first_message oldest;
+            nchan_subscriber_timeout 120s;
+        }}
+        location = /nchan_status {{
+            nchan_stub_status;
+        }}
+    }}
+}}
+"#
+    )
+}
+
+/// How a server is started.
+#[derive(Clone, Debug)]
+pub struct Launch {
+    pub kind: Kind,
+    /// abide's `--max-waiters`.
+    pub max_waiters: usize,
+    /// Pi profile: `taskset -c 0` and `prlimit --as=512MiB`.
+    pub pi: bool,
+}
+
+pub struct Server {
+    pub kind: Kind,
+    pub addr: SocketAddr,
+    child: Option<Child>,
+    _workdir: Option<TempDir>,
+}
+
+struct TempDir(PathBuf);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free loopback port")
+}
+
+/// The harness's own executable (the async variant is this binary re-run).
+fn self_exe() -> PathBuf {
+    std::env::current_exe().expect("current_exe")
+}
+
+/// The abide binary cargo built for this bench (`ABIDE_BIN` overrides it, to
+/// measure an experimental build).
+pub fn abide_exe() -> PathBuf {
+    std::env::var_os("ABIDE_BIN")
+        .map_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_abide")), PathBuf::from)
+}
+
+/// The command lines of every server, for the report (with a placeholder port).
+pub fn describe(kind: Kind, max_waiters: usize) -> String {
+    match kind {
+        Kind::Abide => {
+            format!("abide serve --listen 127.0.0.1:PORT --quiet --max-waiters {max_waiters}")
+        }
+        Kind::AsyncCurrent => "compare serve-async --flavor current --listen 127.0.0.1:PORT".into(),
+        Kind::AsyncMulti => "compare serve-async --flavor multi --listen 127.0.0.1:PORT".into(),
+        Kind::Nchan => "nginx -p DIR -c DIR/nginx.conf -g 'daemon off; master_process on;'".into(),
+    }
+}
+
+impl Server {
+    pub fn start(launch: &Launch, nchan: Option<&NchanInstall>) -> io::Result<Server> {
+        let port = free_port();
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        let mut workdir = None;
+        let (program, args): (PathBuf, Vec<String>) = match launch.kind {
+            Kind::Abide => (
+                abide_exe(),
+                vec![
+                    "serve".into(),
+                    "--listen".into(),
+                    addr.to_string(),
+                    "--quiet".into(),
+                    "--max-waiters".into(),
+                    launch.max_waiters.to_string(),
+                ],
+            ),
+            Kind::AsyncCurrent | Kind::AsyncMulti => (
+                self_exe(),
+                vec![
+                    "serve-async".into(),
+                    "--flavor".into(),
+                    if launch.kind == Kind::AsyncCurrent {
+                        "current"
+                    } else {
+                        "multi"
+                    }
+                    .into(),
+                    "--listen".into(),
+                    addr.to_string(),
+                    "--buffer".into(),
+                    BUFFER.to_string(),
+                ],
+            ),
+            Kind::Nchan => {
+                let nchan = nchan.ok_or_else(|| io::Error::other("Nchan is not installed"))?;
+                let dir = std::env::temp_dir()
+                    .join(format!("abide-bench-nchan-{}-{port}", std::process::id()));
+                std::fs::create_dir_all(&dir)?;
+                let conf = dir.join("nginx.conf");
+                std::fs::write(&conf, nchan_config(nchan, &dir, port))?;
+                workdir = Some(TempDir(dir.clone()));
+                (
+                    nchan.nginx.clone(),
+                    vec![
+                        "-p".into(),
+                        dir.display().to_string(),
+                        "-c".into(),
+                        conf.display().to_string(),
+                        "-g".into(),
+                        "daemon off; master_process on;".into(),
+                    ],
+                )
+            }
+        };
+        let mut command = if launch.pi {
+            let mut c = Command::new("taskset");
+            c.args(["-c", "0", "prlimit", &format!("--as={PI_AS_BYTES}")]);
+            c.arg(&program);
+            c
+        } else {
+            Command::new(&program)
+        };
+        command
+            .args(&args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        let mut child = command.spawn()?;
+        // Drain stderr on a thread so the server never blocks on a full pipe;
+        // keep the last lines for error messages.
+        let stderr = child.stderr.take().expect("piped");
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if std::env::var_os("BENCH_VERBOSE").is_some() {
+                    eprintln!("  [server] {line}");
+                }
+            }
+        });
+        let mut server = Server {
+            kind: launch.kind,
+            addr,
+            child: Some(child),
+            _workdir: workdir,
+        };
+        server.wait_ready()?;
+        Ok(server)
+    }
+
+    fn wait_ready(&mut self) -> io::Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            if let Some(child) = self.child.as_mut() {
+                if let Ok(Some(status)) = child.try_wait() {
+                    return Err(io::Error::other(format!(
+                        "{} exited at start: {status}",
+                        self.kind.label()
+                    )));
+                }
+            }
+            if self.waiters().is_ok() {
+                if self.kind.is_nchan() && self.pids().len() < 2 {
+                    // The worker is not up yet.
+                } else {
+                    return Ok(());
+                }
+            }
+            if Instant::now() > deadline {
+                return Err(io::Error::other(format!(
+                    "{} did not come up",
+                    self.kind.label()
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map_or(0, |c| c.id())
+    }
+
+    /// The server's processes: the child and (nginx) its workers.
+    pub fn pids(&self) -> Vec<u32> {
+        let pid = self.pid();
+        let mut pids = vec![pid];
+        if self.kind.is_nchan() {
+            pids.extend(procfs::children_of(pid));
+        }
+        pids
+    }
+
+    /// The process that serves (nginx's worker; the only process otherwise).
+    pub fn serving_pid(&self) -> u32 {
+        *self.pids().last().unwrap_or(&0)
+    }
+
+    pub fn alive(&self) -> bool {
+        procfs::alive(self.pid())
+    }
+
+    /// A blocking request on a fresh connection (setup and status only).
+    pub fn blocking_request(&self, head: &str, body: &str) -> io::Result<(u16, String)> {
+        let mut stream = TcpStream::connect(self.addr)?;
+        stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+        let msg = format!(
+            "{head} HTTP/1.1\r\nHost: bench\r\nAccept: application/json\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        stream.write_all(msg.as_bytes())?;
+        let mut out = Vec::new();
+        let _ = stream.read_to_end(&mut out);
+        let text = String::from_utf8_lossy(&out).to_string();
+        let status = text
+            .get(9..12)
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| io::Error::other("no status"))?;
+        let body = text
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_string())
+            .unwrap_or_default();
+        Ok((status, body))
+    }
+
+    /// Polls currently waiting, as the server counts them (`/stats` waiters,
+    /// Nchan's stub status `subscribers`).
+    pub fn waiters(&self) -> io::Result<u64> {
+        if self.kind.is_nchan() {
+            let (status, body) = self.blocking_request("GET /nchan_status", "")?;
+            if status != 200 {
+                return Err(io::Error::other(format!("status {status}")));
+            }
+            body.lines()
+                .find_map(|l| l.strip_prefix("subscribers:"))
+                .and_then(|v| v.trim().parse().ok())
+                .ok_or_else(|| io::Error::other("no subscribers line"))
+        } else {
+            let (status, body) = self.blocking_request("GET /stats", "")?;
+            if status != 200 {
+                return Err(io::Error::other(format!("status {status}")));
+            }
+            let v: serde_json::Value = serde_json::from_str(&body).map_err(io::Error::other)?;
+            v["waiters"]
+                .as_u64()
+                .ok_or_else(|| io::Error::other("no waiters"))
+        }
+    }
+
+    /// Waits until the server counts `n` waiting polls.
+    pub fn wait_for_waiters(&self, n: u64, limit: Duration) -> Result<(), String> {
+        let deadline = Instant::now() + limit;
+        let mut last = 0;
+        while Instant::now() < deadline {
+            match self.waiters() {
+                Ok(w) if w >= n => return Ok(()),
+                Ok(w) => last = w,
+                Err(_) if !self.alive() => return Err(format!("{} died", self.kind.label())),
+                Err(_) => {}
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        Err(format!(
+            "{}: {last} of {n} polls waiting after {limit:?}",
+            self.kind.label()
+        ))
+    }
+
+    /// Stops the server: SIGTERM, then SIGKILL after 3 s; nginx's workers too.
+    pub fn stop(&mut self) {
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
+        let pids = self.pids_of(child.id());
+        // SAFETY: kill on PIDs of processes this harness started and has not reaped.
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(3);
+        loop {
+            match child.try_wait() {
+                Ok(Some(_)) => break,
+                Ok(None) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(10))
+                }
+                _ => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    break;
+                }
+            }
+        }
+        for pid in pids.into_iter().skip(1) {
+            if procfs::alive(pid) {
+                // SAFETY: an nginx worker this harness's nginx started.
+                unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+            }
+        }
+    }
+
+    fn pids_of(&self, pid: u32) -> Vec<u32> {
+        let mut pids = vec![pid];
+        if self.kind.is_nchan() {
+            pids.extend(procfs::children_of(pid));
+        }
+        pids
+    }
+
+    // --- requests in each server's dialect ---
+
+    pub fn publish_path(&self, channel: &str) -> String {
+        if self.kind.is_nchan() {
+            format!("/pub/{channel}")
+        } else {
+            format!("/channels/{channel}/events")
+        }
+    }
+
+    /// A publish request carrying `body`.
+    pub fn publish_request(&self, channel: &str, body: &str) -> Vec<u8> {
+        format!(
+            "POST {} HTTP/1.1\r\nHost: bench\r\nContent-Type: application/json\r\nAccept: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            self.publish_path(channel),
+            body.len()
+        )
+        .into_bytes()
+    }
+
+    /// A long poll from `cursor`.
+    pub fn poll_request(&self, channel: &str, cursor: &Cursor, timeout_secs: u64) -> Vec<u8> {
+        request_for(self.kind.is_nchan(), channel, cursor, timeout_secs)
+    }
+
+    /// A poll answered at once: the oldest buffered event.
+    pub fn immediate_request(&self, channel: &str) -> Vec<u8> {
+        if self.kind.is_nchan() {
+            format!("GET /now/{channel} HTTP/1.1\r\nHost: bench\r\n\r\n")
+        } else {
+            format!("GET /channels/{channel}/events?last_event_id=0&limit=1&timeout=30 HTTP/1.1\r\nHost: bench\r\n\r\n")
+        }
+        .into_bytes()
+    }
+
+    /// The cursor a new subscriber starts from: after `last_id` (abide and the
+    /// async variant), or Nchan's "newest" (the next message).
+    pub fn start_cursor(&self, last_id: u64) -> Cursor {
+        if self.kind.is_nchan() {
+            Cursor::Nchan {
+                etag: None,
+                last_modified: None,
+            }
+        } else {
+            Cursor::Id(last_id)
+        }
+    }
+
+    /// Publishes one event on a fresh connection; returns its id (0 for Nchan).
+    pub fn publish_blocking(&self, channel: &str, body: &str) -> io::Result<u64> {
+        let (status, answer) =
+            self.blocking_request(&format!("POST {}", self.publish_path(channel)), body)?;
+        if !(200..300).contains(&status) {
+            return Err(io::Error::other(format!("publish got {status}: {answer}")));
+        }
+        Ok(crate::client::numbers_after(answer.as_bytes(), b"\"id\":")
+            .first()
+            .copied()
+            .unwrap_or(0))
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// A long poll from `cursor` on `channel`: abide's API (the async variant
+/// shares it) or Nchan's subscriber location with its cache headers.
+pub fn request_for(nchan: bool, channel: &str, cursor: &Cursor, timeout_secs: u64) -> Vec<u8> {
+    match cursor {
+        Cursor::Id(id) if !nchan => format!(
+            "GET /channels/{channel}/events?last_event_id={id}&timeout={timeout_secs}&limit=1000 HTTP/1.1\r\nHost: bench\r\n\r\n"
+        ),
+        Cursor::Id(_) => format!("GET /sub/{channel} HTTP/1.1\r\nHost: bench\r\n\r\n"),
+        Cursor::Nchan { etag, last_modified } => {
+            let mut head = format!("GET /sub/{channel} HTTP/1.1\r\nHost: bench\r\n");
+            if let Some(lm) = last_modified {
+                head.push_str(&format!("If-Modified-Since: {lm}\r\n"));
+            }
+            if let Some(et) = etag {
+                head.push_str(&format!("If-None-Match: {et}\r\n"));
+            }
+            head.push_str("\r\n");
+            head
+        }
+    }
+    .into_bytes()
+}
+
+/// Where a subscriber is in a channel.
+#[derive(Clone, Debug)]
+pub enum Cursor {
+    Id(u64),
+    Nchan {
+        etag: Option<String>,
+        last_modified: Option<String>,
+    },
+}
+
+impl Cursor {
+    /// Moves past what `resp` delivered.
+    pub fn advance(&mut self, resp: &crate::client::Resp) {
+        match self {
+            Cursor::Id(id) => {
+                if let Some(last) = crate::client::numbers_after(&resp.body, b"{\"id\":").last() {
+                    *id = (*id).max(*last);
+                }
+            }
+            Cursor::Nchan {
+                etag,
+                last_modified,
+            } => {
+                if resp.etag.is_some() || resp.last_modified.is_some() {
+                    *etag = resp.etag.clone();
+                    *last_modified = resp.last_modified.clone();
+                }
+            }
+        }
+    }
+}
