@@ -36,3 +36,19 @@ build:
 
 release:
 	$(CARGO) build --release
+
+## Raspberry Pi (README: "Running on a Raspberry Pi"). scripts/pi-toolchain.sh
+## prepares the cross toolchain from Debian's packages (needs root or sudo the
+## first time; quick afterwards); cross builds go to target/pi.
+## `pi`: static, stripped release binaries for aarch64 and armv7, sizes printed.
+## `test-pi`: the whole test suite for both targets under qemu-user, then the
+## armv7 check that the server holds --max-waiters polls in a Pi's 3 GiB.
+.PHONY: pi test-pi pi-toolchain
+pi-toolchain:
+	scripts/pi-toolchain.sh
+
+pi:
+	CARGO="$(CARGO)" scripts/pi.sh build
+
+test-pi:
+	CARGO="$(CARGO)" scripts/pi.sh test
