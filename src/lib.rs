@@ -22,6 +22,7 @@ pub mod request;
 pub mod server;
 pub mod shutdown;
 pub mod stats;
+pub mod writer;
 
 use std::io;
 

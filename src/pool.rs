@@ -1,46 +1,51 @@
 //! Elastic pools of small-stack threads that run blocking jobs.
 //!
 //! Owns the worker threads for waiting polls and for writing answers (two
-//! pools, one job type each, run by a handler given at creation). A job is
-//! handed over a zero-capacity crossbeam channel to a worker blocked in
-//! `recv`; when none is idle, a new thread is spawned, up to `max_threads`.
-//! Idle workers retire after `WORKER_IDLE_RETIRE`, so an idle server holds no
-//! pool threads. Jobs must not panic out (callers catch panics); a worker
-//! never touches shared state itself; a panic in the handler is caught so that
-//! the worker lives on. Submitted from the dispatch thread.
+//! pools, one job type each, run by a handler given at creation). `submit`
+//! never blocks: a job goes to a worker blocked in `select` over a
+//! zero-capacity crossbeam channel (the handoff succeeds only if one is really
+//! waiting, so no count can go stale); otherwise a new thread is spawned, up to
+//! `max_threads`; at the cap the job waits in the backlog channel, which every
+//! worker also selects on, so it is taken by the first worker to come free and
+//! can never be stranded. Idle workers retire after `WORKER_IDLE_RETIRE`, so
+//! an idle server holds no pool threads. A panic in the handler is caught and
+//! the worker lives on. Submitted from the dispatch thread and from workers.
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, RecvTimeoutError, SendTimeoutError, Sender, TrySendError};
+use crossbeam_channel::{Receiver, Sender, TrySendError, select};
 use parking_lot::{Condvar, Mutex};
 
 /// An idle worker exits after this long without a job.
 pub const WORKER_IDLE_RETIRE: Duration = Duration::from_secs(10);
 
-/// How long `submit` waits for a worker to come free when all threads are busy.
-const HANDOFF_WAIT: Duration = Duration::from_secs(1);
-
 pub struct Pool<J> {
     name: &'static str,
     max_threads: usize,
     stack_bytes: usize,
-    jobs_tx: Sender<J>,
-    jobs_rx: Receiver<J>,
+    handoff_tx: Sender<Msg<J>>,
+    handoff_rx: Receiver<Msg<J>>,
+    backlog_tx: Sender<Msg<J>>,
+    backlog_rx: Receiver<Msg<J>>,
     handler: Arc<dyn Fn(J) + Send + Sync>,
     live: Arc<Live>,
 }
 
-/// Live worker count, with a condvar to wait for it to reach zero.
+/// What a worker receives: a job, or the order to leave (from `join`).
+enum Msg<J> {
+    Job(J),
+    Stop,
+}
+
+/// Live worker count; its lock also orders "at the cap, queue in the backlog"
+/// against "retire only when the backlog is empty".
 #[derive(Default)]
 struct Live {
     count: Mutex<usize>,
     zero: Condvar,
-    /// Spawned-or-reserved threads, for the cap (lock-free fast path).
-    reserved: AtomicUsize,
 }
 
 impl<J: Send + 'static> Pool<J> {
@@ -50,75 +55,69 @@ impl<J: Send + 'static> Pool<J> {
         stack_bytes: usize,
         handler: impl Fn(J) + Send + Sync + 'static,
     ) -> Pool<J> {
-        let (jobs_tx, jobs_rx) = crossbeam_channel::bounded(0);
+        let (handoff_tx, handoff_rx) = crossbeam_channel::bounded(0);
+        let (backlog_tx, backlog_rx) = crossbeam_channel::unbounded();
         Pool {
             name,
             max_threads,
             stack_bytes,
-            jobs_tx,
-            jobs_rx,
+            handoff_tx,
+            handoff_rx,
+            backlog_tx,
+            backlog_rx,
             handler: Arc::new(handler),
             live: Arc::new(Live::default()),
         }
     }
 
-    /// Runs `job` on an idle worker, or a new one. Gives the job back when every
-    /// thread stayed busy for `HANDOFF_WAIT` or a thread could not be spawned.
+    /// Runs `job` on an idle worker, a new one, or the first to come free.
+    /// Gives the job back only if no worker exists and none can be spawned.
     pub fn submit(&self, job: J) -> Result<(), J> {
-        let job = match self.jobs_tx.try_send(job) {
+        let job = match self.handoff_tx.try_send(Msg::Job(job)) {
             Ok(()) => return Ok(()),
-            Err(TrySendError::Full(job) | TrySendError::Disconnected(job)) => job,
+            Err(TrySendError::Full(msg) | TrySendError::Disconnected(msg)) => msg,
         };
-        let job = match self.spawn(job) {
-            Ok(()) => return Ok(()),
-            Err(job) => job,
+        let Msg::Job(job) = job else {
+            unreachable!("a job was sent")
         };
-        match self.jobs_tx.send_timeout(job, HANDOFF_WAIT) {
-            Ok(()) => Ok(()),
-            Err(SendTimeoutError::Timeout(job) | SendTimeoutError::Disconnected(job)) => Err(job),
+        let mut live = self.live.count.lock();
+        if *live >= self.max_threads {
+            // Every worker is busy; the first to finish takes it.
+            return self
+                .backlog_tx
+                .send(Msg::Job(job))
+                .map_err(|e| match e.into_inner() {
+                    Msg::Job(job) => job,
+                    Msg::Stop => unreachable!("a job was sent"),
+                });
         }
+        *live += 1;
+        drop(live);
+        self.spawn(job)
     }
 
     fn spawn(&self, job: J) -> Result<(), J> {
-        let reserved = self
-            .live
-            .reserved
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                (n < self.max_threads).then_some(n + 1)
-            });
-        if reserved.is_err() {
-            return Err(job);
-        }
-        *self.live.count.lock() += 1;
-        let jobs = self.jobs_rx.clone();
-        let handler = self.handler.clone();
-        let live = self.live.clone();
-        let slot = Arc::new(Mutex::new(Some(job)));
-        let first = slot.clone();
+        let worker = Worker {
+            handoff: self.handoff_rx.clone(),
+            backlog: self.backlog_rx.clone(),
+            handler: self.handler.clone(),
+            live: self.live.clone(),
+        };
+        let first = Arc::new(Mutex::new(Some(job)));
+        let given = first.clone();
         let spawned = thread::Builder::new()
             .name(self.name.into())
             .stack_size(self.stack_bytes)
             .spawn(move || {
-                let _exit = ExitGuard(live);
-                let run = |job: J| {
-                    let _ = catch_unwind(AssertUnwindSafe(|| handler(job)));
-                };
-                if let Some(job) = first.lock().take() {
-                    run(job);
-                }
-                drop(first);
-                loop {
-                    match jobs.recv_timeout(WORKER_IDLE_RETIRE) {
-                        Ok(job) => run(job),
-                        Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => return,
-                    }
-                }
+                let job = given.lock().take();
+                drop(given);
+                worker.run(job);
             });
         match spawned {
             Ok(_detached) => Ok(()),
             Err(_) => {
-                drop(ExitGuard(self.live.clone()));
-                Err(slot.lock().take().expect("thread never started"))
+                self.live.leave();
+                Err(first.lock().take().expect("the thread never started"))
             }
         }
     }
@@ -128,20 +127,16 @@ impl<J: Send + 'static> Pool<J> {
         *self.live.count.lock()
     }
 
-    /// Stops handing out jobs and waits until every worker has exited or
-    /// `deadline` passes. Returns the threads still alive.
-    pub fn join(self, deadline: Instant) -> usize {
-        let Pool {
-            jobs_tx,
-            jobs_rx,
-            live,
-            ..
-        } = self;
-        drop(jobs_tx);
-        drop(jobs_rx);
-        let mut count = live.count.lock();
+    /// Tells every worker to leave once the jobs queued before are done, and
+    /// waits until they have, or `deadline` passes. Returns the threads still
+    /// alive. (Jobs submitted later start new workers, which retire when idle.)
+    pub fn join(&self, deadline: Instant) -> usize {
+        let mut count = self.live.count.lock();
+        for _ in 0..*count {
+            let _ = self.backlog_tx.send(Msg::Stop);
+        }
         while *count > 0 {
-            if live.zero.wait_until(&mut count, deadline).timed_out() {
+            if self.live.zero.wait_until(&mut count, deadline).timed_out() {
                 break;
             }
         }
@@ -149,17 +144,58 @@ impl<J: Send + 'static> Pool<J> {
     }
 }
 
-/// Counts a worker out when its thread ends (or never started).
-struct ExitGuard(Arc<Live>);
-
-impl Drop for ExitGuard {
-    fn drop(&mut self) {
-        self.0.reserved.fetch_sub(1, Ordering::AcqRel);
-        let mut count = self.0.count.lock();
+impl Live {
+    fn leave(&self) {
+        let mut count = self.count.lock();
         *count -= 1;
         if *count == 0 {
-            self.0.zero.notify_all();
+            self.zero.notify_all();
         }
+    }
+}
+
+struct Worker<J> {
+    handoff: Receiver<Msg<J>>,
+    backlog: Receiver<Msg<J>>,
+    handler: Arc<dyn Fn(J) + Send + Sync>,
+    live: Arc<Live>,
+}
+
+impl<J> Worker<J> {
+    fn run(self, first: Option<J>) {
+        if let Some(job) = first {
+            self.handle(job);
+        }
+        loop {
+            let msg = select! {
+                recv(self.backlog) -> msg => msg.ok(),
+                recv(self.handoff) -> msg => msg.ok(),
+                default(WORKER_IDLE_RETIRE) => None,
+            };
+            match msg {
+                Some(Msg::Job(job)) => self.handle(job),
+                Some(Msg::Stop) => return self.live.leave(),
+                None => {
+                    // Idle (or the pool is gone): leave, unless a job was
+                    // queued at the cap in the meantime.
+                    let mut count = self.live.count.lock();
+                    if let Ok(Msg::Job(job)) = self.backlog.try_recv() {
+                        drop(count);
+                        self.handle(job);
+                        continue;
+                    }
+                    *count -= 1;
+                    if *count == 0 {
+                        self.live.zero.notify_all();
+                    }
+                    return;
+                }
+            }
+        }
+    }
+
+    fn handle(&self, job: J) {
+        let _ = catch_unwind(AssertUnwindSafe(|| (self.handler)(job)));
     }
 }
 
@@ -174,13 +210,13 @@ mod tests {
         Pool::new("test", max_threads, 64 * 1024, |job: Job| job())
     }
 
-    /// The pool never runs more threads than its cap, gives a job back when all stay busy, and reuses idle workers.
+    /// The pool never runs more threads than its cap; jobs beyond it wait and run when a worker frees.
     #[test]
-    fn runs_jobs_and_caps_threads() {
+    fn caps_threads_and_queues_beyond_the_cap() {
         let pool = pool(2);
         let (release_tx, release_rx) = bounded::<()>(0);
         let (done_tx, done_rx) = bounded::<u32>(8);
-        for i in 0..2 {
+        for i in 0..3 {
             let release = release_rx.clone();
             let done = done_tx.clone();
             pool.submit(Box::new(move || {
@@ -191,19 +227,12 @@ mod tests {
             .unwrap();
         }
         assert_eq!(pool.threads(), 2);
-        // Both threads are blocked: a third job is given back after HANDOFF_WAIT.
-        assert!(pool.submit(Box::new(|| {})).is_err());
-        release_tx.send(()).unwrap();
-        release_tx.send(()).unwrap();
-        let mut got = [done_rx.recv().unwrap(), done_rx.recv().unwrap()];
+        for _ in 0..3 {
+            release_tx.send(()).unwrap();
+        }
+        let mut got: Vec<u32> = (0..3).map(|_| done_rx.recv().unwrap()).collect();
         got.sort();
-        assert_eq!(got, [0, 1]);
-        // A freed worker takes the next job instead of a new thread.
-        let done = done_tx.clone();
-        pool.submit(Box::new(move || done.send(9).unwrap()))
-            .map_err(|_| ())
-            .unwrap();
-        assert_eq!(done_rx.recv().unwrap(), 9);
+        assert_eq!(got, [0, 1, 2]);
         assert!(pool.threads() <= 2);
         assert_eq!(pool.join(Instant::now() + Duration::from_secs(5)), 0);
     }

@@ -67,6 +67,44 @@ const ALLOW_CHANNEL: &str = "GET, HEAD, DELETE, OPTIONS";
 const ALLOW_READ_ONLY: &str = "GET, HEAD, OPTIONS";
 const ALLOW_POLL: &str = "GET, OPTIONS";
 
+/// Deepest nesting of arrays and objects accepted in an event body. serde_json
+/// stops at 128 by itself, but parsing, printing and dropping a value recurse,
+/// and this keeps that recursion well inside a writer thread's stack.
+pub const MAX_JSON_DEPTH: usize = 64;
+
+/// Refuses a body whose arrays and objects nest deeper than `max_depth`,
+/// with one pass over its bytes (strings and their escapes skipped).
+pub fn check_json_depth(body: &[u8], max_depth: usize) -> Result<(), Error> {
+    let mut depth = 0usize;
+    let mut in_string = false;
+    let mut escaped = false;
+    for &b in body {
+        if in_string {
+            match (escaped, b) {
+                (true, _) => escaped = false,
+                (false, b'\\') => escaped = true,
+                (false, b'"') => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                if depth > max_depth {
+                    return Err(Error::BadRequest(format!(
+                        "body JSON nests arrays and objects deeper than {max_depth} levels"
+                    )));
+                }
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
 /// 1–64 ASCII letters, digits, `-`, `_` or `.`.
 pub fn valid_channel_name(name: &str) -> bool {
     (1..=MAX_CHANNEL_NAME_BYTES).contains(&name.len())
@@ -344,6 +382,17 @@ mod tests {
             assert_eq!(err.status(), 400, "{target}");
             assert!(err.to_string().contains(word), "{target}: {err}");
         }
+    }
+
+    /// Nesting up to the limit passes, one level more is a 400, and brackets inside strings do not count.
+    #[test]
+    fn json_nesting_is_limited() {
+        let nested = |n: usize| format!("{}1{}", "[".repeat(n), "]".repeat(n));
+        assert!(check_json_depth(nested(64).as_bytes(), 64).is_ok());
+        let err = check_json_depth(nested(65).as_bytes(), 64).unwrap_err();
+        assert!(err.to_string().contains("64 levels"), "{err}");
+        let tricky = r#"{"a":"[[[[\"[[[[","b":[1]}"#;
+        assert!(check_json_depth(tricky.as_bytes(), 2).is_ok());
     }
 
     /// Multi-channel polls ignore repeated names and refuse more than 32 channels.

@@ -1,71 +1,64 @@
-//! The edge: the listening socket, tiny_http, and the threads that move requests.
+//! The edge: the listening socket, tiny_http, and the dispatch threads.
 //!
-//! Only this module touches tiny_http and sockets. It owns:
-//! - the listener (socket2: read/write timeouts set on the listening socket are
-//!   inherited by every accepted connection) and the tiny_http `Server`s on it;
-//!   tiny_http's accept thread stops at its first accept error, so each error
-//!   starts a new `Server` on a clone of the listener after a backoff, while the
-//!   old one keeps serving the connections it already has;
-//! - one dispatch thread per `Server`: it calls `recv()`, routes, asks the hub,
-//!   and hands every request to a pool. It never reads a body and never writes
-//!   an answer, so a slow or silent client cannot stall it;
-//! - the waiter pool (polls that must wait; one slot each, `--max-waiters`) and
-//!   the writer pool (publishes, immediate answers; `--max-writers`).
+//! Owns the listener (socket2; read and write timeouts set on the listening
+//! socket are inherited by every accepted connection), the tiny_http
+//! `Server`s on it, their dispatch threads, the kicker thread, and the stop
+//! sequence. A dispatch thread calls `recv()`, routes, asks the hub, and hands
+//! every request to `Writer::submit`; it never reads a body and never writes
+//! an answer, so no client can stall it. Together with `writer.rs`, the only
+//! module that touches tiny_http.
 //!
-//! tiny_http traps handled here: an unread body is drained on drop into a
-//! buffer sized from the declared `Content-Length` (so an absurd length would
-//! abort the process); a declared body that never comes blocks its reader;
-//! `respond()` to a vanished client returns `Ok`. See `refuse_body`.
+//! tiny_http 0.12 traps handled here (see ARCHITECTURE.md):
+//! - its accept thread ends at the first accept error, and also when accept
+//!   times out (the listening socket carries `SO_RCVTIMEO`), or panics when
+//!   it runs out of descriptors: each time a new `Server` generation starts on
+//!   a clone of the listener, and the old one serves its connections until
+//!   they have all gone quiet;
+//! - its connection thread pool can lose a wake-up and leave a new connection
+//!   unread until another connection ends: the kicker opens and closes a
+//!   connection to ourselves after requests arrive, which frees such a
+//!   connection.
 
-use std::io::{self, Cursor, Write};
-use std::mem::ManuallyDrop;
-use std::net::{SocketAddr, TcpListener};
+use std::io;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream};
 use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, OnceLock, Weak};
 use std::thread::{self, JoinHandle};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
-use parking_lot::Mutex;
-use socket2::{Domain, Protocol, Socket, Type};
-use tiny_http::{Header, ReadWrite, Request, Response, StatusCode};
+use parking_lot::{Condvar, Mutex};
+use socket2::{Domain, Protocol, SockRef, Socket, Type};
+use tiny_http::Request;
 
 use crate::config::Config;
 use crate::demo;
 use crate::error::Error;
-use crate::hub::{Hub, HubLimits, PollStart, Ticket};
-use crate::pool::Pool;
-use crate::reply::{MISSED_HEADER, Reply};
+use crate::hub::{Hub, HubLimits, PollStart};
+use crate::reply::Reply;
 use crate::request::{self, Action, RouteSettings};
 use crate::shutdown::Shutdown;
+use crate::writer::{Work, Writer};
 
-/// Stack of a waiter thread: it only waits and writes a prepared answer.
-pub const WAITER_STACK_BYTES: usize = 64 * 1024;
-/// Stack of a writer thread: it also parses JSON bodies (nesting depth is
-/// capped at 128 by serde_json).
-pub const WRITER_STACK_BYTES: usize = 256 * 1024;
 /// Stack of a dispatch thread.
 const DISPATCH_STACK_BYTES: usize = 256 * 1024;
-/// A refused body declared up to this size is drained by tiny_http (bounded by
-/// the socket timeouts); a larger one cannot be, see `refuse_body`.
-pub const MAX_DRAIN_BYTES: usize = 16 * 1024 * 1024;
-/// Connections parked for an undrainable declared body, at most.
-pub const MAX_PARKED_BODIES: usize = 1024;
+/// Stack of the kicker thread.
+const KICKER_STACK_BYTES: usize = 64 * 1024;
 /// Listen backlog.
 const LISTEN_BACKLOG: i32 = 1024;
 /// After an accept error, wait this long before accepting again; doubles on
 /// each error in a row up to `ACCEPT_BACKOFF_MAX`.
 const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(20);
 const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(2);
-/// tiny_http `Server`s kept after accept errors (each serves its existing
-/// connections); the oldest is retired beyond this.
-const MAX_LISTENER_GENERATIONS: usize = 8;
+/// tiny_http `Server`s kept at once (old ones serve their connections until
+/// quiet); beyond it the oldest is retired at once.
+const MAX_LISTENER_GENERATIONS: usize = 64;
+/// The kicker kicks at most once per this interval, and only after requests.
+const KICK_INTERVAL: Duration = Duration::from_millis(20);
 /// How long shutdown waits for pool threads to finish their answers.
 const SHUTDOWN_GRACE: Duration = Duration::from_millis(1500);
-/// Longest request target written to the access log.
-const LOG_TARGET_CHARS: usize = 200;
 
-/// A started server. Stop it with its `Shutdown` and `wait`.
+/// A started server. Stop it with its `Shutdown`, then `wait`.
 pub struct Running {
     addr: SocketAddr,
     edge: Arc<Edge>,
@@ -77,14 +70,15 @@ struct Edge {
     hub: Hub,
     shutdown: Shutdown,
     writer: Arc<Writer>,
-    waiters: Pool<WaitJob>,
-    writers: Pool<WriteJob>,
-    /// Kept to start a new tiny_http `Server` after an accept error.
+    /// Kept to start a new tiny_http `Server` when one's accept thread ends.
     listener: TcpListener,
     /// tiny_http servers, oldest first; the last one is accepting.
     servers: Mutex<Vec<Generation>>,
     dispatchers: Mutex<Vec<JoinHandle<()>>>,
     accept_backoff_ms: AtomicU64,
+    kicker: Arc<Kicker>,
+    /// A generation with no request for this long has no connection left.
+    quiet_period: Duration,
 }
 
 struct Generation {
@@ -92,45 +86,7 @@ struct Generation {
     server: Arc<tiny_http::Server>,
 }
 
-/// What answers need; shared by the pool threads.
-struct Writer {
-    hub: Hub,
-    max_event_bytes: usize,
-    idle_timeout: Duration,
-    cors_origin: Option<String>,
-    quiet: bool,
-    /// Connections whose undrainable body must never be dropped (see
-    /// `refuse_body`). Deliberately never freed: dropping one aborts.
-    parked: ManuallyDrop<Mutex<Vec<Box<dyn ReadWrite + Send>>>>,
-}
-
-/// A poll that waits on a waiter thread.
-struct WaitJob {
-    request: Request,
-    ticket: Ticket,
-    started: Instant,
-}
-
-/// Work for a writer thread.
-enum WriteJob {
-    Answer {
-        request: Request,
-        reply: Reply,
-        started: Instant,
-    },
-    Publish {
-        request: Request,
-        channel: String,
-        started: Instant,
-    },
-    RefuseBody {
-        request: Request,
-        declared_bytes: usize,
-        started: Instant,
-    },
-}
-
-/// Starts the server: binds, spawns the dispatch thread, returns at once.
+/// Starts the server: binds, spawns the dispatch and kicker threads, returns.
 pub fn start(config: Config) -> io::Result<Running> {
     config
         .check()
@@ -146,68 +102,52 @@ pub fn start(config: Config) -> io::Result<Running> {
         max_stored_bytes: config.max_stored_bytes,
         max_waiters: config.max_waiters,
     });
-    let writer = Arc::new(Writer {
-        hub: hub.clone(),
-        max_event_bytes: config.max_event_bytes,
-        idle_timeout: config.idle_timeout,
-        cors_origin: config.cors_origin.clone(),
-        quiet: config.quiet,
-        parked: ManuallyDrop::new(Mutex::new(Vec::new())),
-    });
-    let waiters = {
-        let writer = writer.clone();
-        Pool::new(
-            "abide-waiter",
-            config.max_waiters,
-            WAITER_STACK_BYTES,
-            move |job| writer.wait_and_answer(job),
-        )
-    };
-    let writers = {
-        let writer = writer.clone();
-        Pool::new(
-            "abide-writer",
-            config.max_writers,
-            WRITER_STACK_BYTES,
-            move |job| writer.write(job),
-        )
-    };
+    let writer = Writer::new(&config, hub.clone());
+    let quiet_period = config.max_timeout
+        + config.max_timeout / 16
+        + config.idle_timeout
+        + config.write_timeout
+        + Duration::from_secs(1);
+    let kicker = Kicker::start(loopback_of(addr))?;
     let edge = Arc::new(Edge {
         hub,
         shutdown: Shutdown::new(),
         writer,
-        waiters,
-        writers,
         listener,
         servers: Mutex::new(Vec::new()),
         dispatchers: Mutex::new(Vec::new()),
         accept_backoff_ms: AtomicU64::new(ACCEPT_BACKOFF_MIN.as_millis() as u64),
+        kicker,
+        quiet_period,
         config,
     });
     Edge::add_generation(&edge)?;
-    {
-        let c = &edge.config;
-        eprintln!(
-            "abide {} listening on http://{addr} (max-waiters {}, timeout {}s default / {}s max, \
-             buffer {} events, max-event-bytes {}, max-channels {}, max-stored-bytes {}, \
-             idle-timeout {}s, write-timeout {}s, max-writers {}, event-ttl {}, cors {})",
-            env!("CARGO_PKG_VERSION"),
-            c.max_waiters,
-            c.default_timeout.as_secs(),
-            c.max_timeout.as_secs(),
-            c.buffer_events,
-            c.max_event_bytes,
-            c.max_channels,
-            c.max_stored_bytes,
-            c.idle_timeout.as_secs(),
-            c.write_timeout.as_secs(),
-            c.max_writers,
-            c.event_ttl
-                .map_or("off".to_string(), |t| format!("{}s", t.as_secs())),
-            c.cors_origin.as_deref().unwrap_or("off"),
-        );
-    }
+    watch_accept_panics(&edge);
+    print_startup_line(&edge.config, addr);
     Ok(Running { addr, edge })
+}
+
+fn print_startup_line(c: &Config, addr: SocketAddr) {
+    eprintln!(
+        "abide {} listening on http://{addr} (max-waiters {}, timeout {}s default / {}s max, \
+         buffer {} events, max-event-bytes {}, max-channels {}, max-stored-bytes {}, \
+         idle-timeout {}s, write-timeout {}s, max-writers {}, event-ttl {}, cors {}, demo {})",
+        env!("CARGO_PKG_VERSION"),
+        c.max_waiters,
+        c.default_timeout.as_secs(),
+        c.max_timeout.as_secs(),
+        c.buffer_events,
+        c.max_event_bytes,
+        c.max_channels,
+        c.max_stored_bytes,
+        c.idle_timeout.as_secs(),
+        c.write_timeout.as_secs(),
+        c.max_writers,
+        c.event_ttl
+            .map_or("off".to_string(), |t| format!("{}s", t.as_secs())),
+        c.cors_origin.as_deref().unwrap_or("off"),
+        if c.demo { "on" } else { "off" },
+    );
 }
 
 /// The listening socket, with the timeouts every accepted connection inherits.
@@ -221,6 +161,19 @@ fn bind(config: &Config) -> io::Result<TcpListener> {
     socket.set_write_timeout(Some(config.write_timeout))?;
     socket.set_tcp_nodelay(true)?;
     Ok(socket.into())
+}
+
+/// Where to connect to reach our own listener.
+fn loopback_of(addr: SocketAddr) -> SocketAddr {
+    match addr.ip() {
+        IpAddr::V4(ip) if ip.is_unspecified() => {
+            SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), addr.port())
+        }
+        IpAddr::V6(ip) if ip.is_unspecified() => {
+            SocketAddr::new(IpAddr::V6(Ipv6Addr::LOCALHOST), addr.port())
+        }
+        _ => addr,
+    }
 }
 
 impl Running {
@@ -237,13 +190,17 @@ impl Running {
         &self.edge.hub
     }
 
-    /// Blocks until shutdown is triggered, then stops: refuses new requests,
+    /// Blocks until shutdown is triggered, then stops: stops listening,
     /// answers every waiting poll `204`, and joins the threads it started
-    /// (giving writers `SHUTDOWN_GRACE` to finish their answers).
+    /// (giving them `SHUTDOWN_GRACE` to finish their answers). Connections
+    /// that are still open get `503` until they go quiet; a process that exits
+    /// after `wait` simply closes them.
     pub fn wait(self) {
         let edge = self.edge;
         edge.shutdown.wait();
         let deadline = Instant::now() + SHUTDOWN_GRACE;
+        // Stop listening: every generation's accept() ends and the port is free.
+        let _ = SockRef::from(&edge.listener).shutdown(std::net::Shutdown::Both);
         edge.hub.shut_down();
         for generation in edge.servers.lock().iter() {
             generation.server.unblock();
@@ -252,19 +209,22 @@ impl Running {
         for dispatcher in dispatchers {
             let _ = dispatcher.join();
         }
-        edge.servers.lock().clear();
-        // The dispatch threads held the only other references; if one slipped
-        // in a restart during the stop, its threads end with the process.
-        if let Ok(edge) = Arc::try_unwrap(edge) {
-            edge.waiters.join(deadline);
-            edge.writers.join(deadline);
+        edge.kicker.stop();
+        edge.writer.join(deadline);
+        let servers = std::mem::take(&mut *edge.servers.lock());
+        for generation in servers {
+            let edge = edge.clone();
+            let _ = thread::Builder::new()
+                .name("abide-closing".into())
+                .stack_size(DISPATCH_STACK_BYTES)
+                .spawn(move || edge.refuse_until_quiet(&generation.server));
         }
     }
 }
 
 impl Edge {
     /// Starts a tiny_http `Server` on a clone of the listener, with its own
-    /// dispatch thread, and retires the oldest beyond `MAX_LISTENER_GENERATIONS`.
+    /// dispatch thread; the previous one becomes old and is told so.
     fn add_generation(edge: &Arc<Edge>) -> io::Result<()> {
         let listener = edge.listener.try_clone()?;
         let server = tiny_http::Server::from_listener(listener, None)
@@ -272,6 +232,10 @@ impl Edge {
         let server = Arc::new(server);
         let mut servers = edge.servers.lock();
         let number = servers.last().map_or(0, |g| g.number + 1);
+        if let Some(previous) = servers.last() {
+            // Its dispatch thread switches to waiting for its connections to go quiet.
+            previous.server.unblock();
+        }
         servers.push(Generation {
             number,
             server: server.clone(),
@@ -303,44 +267,46 @@ impl Edge {
         self.servers.lock().iter().any(|g| g.number == number)
     }
 
+    fn retire(&self, number: u64) {
+        self.servers.lock().retain(|g| g.number != number);
+    }
+
     fn dispatch_loop(self: Arc<Edge>, number: u64, server: Arc<tiny_http::Server>) {
+        let mut last_request = Instant::now();
         loop {
-            match server.recv() {
-                Ok(request) => {
+            let current = self.is_current(number);
+            let next = if current {
+                server.recv().map(Some)
+            } else {
+                // Old generation: serve its connections until none is left.
+                server.recv_timeout(self.quiet_period)
+            };
+            match next {
+                Ok(Some(request)) => {
+                    last_request = Instant::now();
                     if self.shutdown.is_triggered() {
                         self.refuse_for_shutdown(request);
                         continue;
                     }
-                    self.accept_backoff_ms
-                        .store(ACCEPT_BACKOFF_MIN.as_millis() as u64, Relaxed);
+                    self.kicker.nudge();
                     let edge = &self;
                     let caught = catch_unwind(AssertUnwindSafe(|| edge.dispatch(request)));
                     if caught.is_err() {
                         eprintln!("abide: a request's dispatch panicked; the request was dropped");
                     }
                 }
+                Ok(None) if self.shutdown.is_triggered() || !self.is_kept(number) => break,
+                // An unblock marker also reads as "nothing": only a quiet period counts.
+                Ok(None) if last_request.elapsed() < self.quiet_period => continue,
+                Ok(None) => {
+                    self.retire(number);
+                    break;
+                }
                 Err(_) if self.shutdown.is_triggered() => break,
                 Err(_) if !self.is_kept(number) => break,
-                Err(err) => {
-                    // tiny_http's accept thread of this server has ended.
-                    if self.is_current(number) {
-                        self.hub.count_accept_error();
-                        let backoff = Duration::from_millis(self.accept_backoff_ms.load(Relaxed));
-                        eprintln!(
-                            "abide: accept failed ({err}); accepting again in {} ms",
-                            backoff.as_millis()
-                        );
-                        let next = (backoff * 2).min(ACCEPT_BACKOFF_MAX);
-                        self.accept_backoff_ms
-                            .store(next.as_millis() as u64, Relaxed);
-                        if self.shutdown.wait_timeout(backoff) {
-                            break;
-                        }
-                        if let Err(err) = Edge::add_generation(&self) {
-                            eprintln!("abide: cannot restart the listener: {err}");
-                        }
-                    }
-                }
+                // Told that it is old now (see `add_generation`).
+                Err(_) if !current => continue,
+                Err(err) => self.restart_accepting(&err),
             }
         }
         // Requests that arrived before the stop are refused, not dropped.
@@ -349,31 +315,90 @@ impl Edge {
         }
     }
 
+    /// The current generation's accept thread has ended: start a new one.
+    fn restart_accepting(self: &Arc<Edge>, err: &io::Error) {
+        // An accept that timed out (the listener's SO_RCVTIMEO) only means
+        // nobody connected for a while: start again at once, quietly.
+        let quiet = matches!(
+            err.kind(),
+            io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+        );
+        let mut backoff = Duration::from_millis(self.accept_backoff_ms.load(Relaxed));
+        if !quiet {
+            self.hub.count_accept_error();
+            eprintln!(
+                "abide: accept failed ({err}); accepting again in {} ms",
+                backoff.as_millis()
+            );
+            self.accept_backoff_ms.store(
+                (backoff * 2).min(ACCEPT_BACKOFF_MAX).as_millis() as u64,
+                Relaxed,
+            );
+        } else {
+            backoff = Duration::ZERO;
+        }
+        loop {
+            if self.shutdown.wait_timeout(backoff) {
+                return;
+            }
+            match Edge::add_generation(self) {
+                Ok(()) => return,
+                Err(err) => {
+                    self.hub.count_accept_error();
+                    backoff = (backoff * 2).clamp(ACCEPT_BACKOFF_MIN, ACCEPT_BACKOFF_MAX);
+                    eprintln!(
+                        "abide: cannot accept again yet ({err}); retrying in {} ms",
+                        backoff.as_millis()
+                    );
+                }
+            }
+        }
+    }
+
+    /// After the stop: answers `503` to requests on connections that are
+    /// still open, until none has come for `--idle-timeout` (by then the
+    /// socket timeouts have closed every quiet connection).
+    fn refuse_until_quiet(&self, server: &tiny_http::Server) {
+        let quiet = self.config.idle_timeout;
+        let mut last_request = Instant::now();
+        while last_request.elapsed() < quiet {
+            // Errors (the accept thread's end, a leftover unblock) are not requests.
+            let Ok(Some(request)) = server.recv_timeout(quiet) else {
+                continue;
+            };
+            last_request = Instant::now();
+            let _ = request.respond(
+                tiny_http::Response::from_string(shutting_down().to_json())
+                    .with_status_code(503)
+                    .with_header(
+                        tiny_http::Header::from_bytes("Content-Type", "application/json")
+                            .expect("ASCII"),
+                    ),
+            );
+        }
+    }
+
     fn refuse_for_shutdown(&self, request: Request) {
-        let reply = Reply::error(&Error::Busy {
-            message: "server is shutting down".into(),
-            retry_after_secs: 1,
-        });
-        self.write(WriteJob::Answer {
+        self.writer.submit(Work::Answer {
             request,
-            reply,
+            reply: Reply::error(&shutting_down()),
             started: Instant::now(),
         });
     }
 
-    /// Routes one request and hands it to a pool. Never blocks on the client.
+    /// Routes one request and hands it to the writer. Never blocks on a client.
     fn dispatch(&self, request: Request) {
         let started = Instant::now();
         if let Some(declared_bytes) = request.body_length() {
             if declared_bytes > self.config.max_event_bytes {
-                return self.write(WriteJob::RefuseBody {
+                return self.writer.submit(Work::RefuseBody {
                     request,
                     declared_bytes,
                     started,
                 });
             }
         }
-        let limits = RouteSettings {
+        let settings = RouteSettings {
             default_timeout: self.config.default_timeout,
             max_timeout: self.config.max_timeout,
             demo: self.config.demo,
@@ -383,12 +408,12 @@ impl Edge {
             request.method().as_str(),
             request.url(),
             last_event_id.as_deref(),
-            limits,
+            settings,
         );
         let reply = match action {
             Err(err) => Reply::error(&err),
             Ok(Action::Publish { channel }) => {
-                return self.write(WriteJob::Publish {
+                return self.writer.submit(Work::Publish {
                     request,
                     channel,
                     started,
@@ -397,26 +422,11 @@ impl Edge {
             Ok(Action::Poll(spec)) => match self.hub.begin_poll(&spec) {
                 Ok(PollStart::Now(answer)) => Reply::poll(answer),
                 Ok(PollStart::Wait(ticket)) => {
-                    let job = WaitJob {
+                    return self.writer.submit(Work::Wait {
                         request,
                         ticket,
                         started,
-                    };
-                    match self.waiters.submit(job) {
-                        Ok(()) => return,
-                        Err(job) => {
-                            drop(job.ticket);
-                            let err = Error::Busy {
-                                message: "no waiter thread could be started; retry later".into(),
-                                retry_after_secs: 1,
-                            };
-                            return self.write(WriteJob::Answer {
-                                request: job.request,
-                                reply: Reply::error(&err),
-                                started,
-                            });
-                        }
-                    }
+                    });
                 }
                 Err(err) => Reply::error(&err),
             },
@@ -456,239 +466,18 @@ impl Edge {
                 reply
             }
         };
-        self.write(WriteJob::Answer {
+        self.writer.submit(Work::Answer {
             request,
             reply,
             started,
         })
     }
-
-    /// Hands a job to the writer pool, waiting while every writer is busy
-    /// (each is bounded by the socket timeouts).
-    fn write(&self, mut job: WriteJob) {
-        loop {
-            match self.writers.submit(job) {
-                Ok(()) => return,
-                Err(back) => job = back,
-            }
-            if self.shutdown.is_triggered() && self.writers.threads() == 0 {
-                // No writer will come; answer here rather than drop silently.
-                return self.writer.write(job);
-            }
-        }
-    }
 }
 
-impl Writer {
-    fn wait_and_answer(&self, job: WaitJob) {
-        let WaitJob {
-            request,
-            ticket,
-            started,
-        } = job;
-        let answer = catch_unwind(AssertUnwindSafe(|| self.hub.wait(&ticket)));
-        let reply = match answer {
-            Ok(answer) => Reply::poll(answer),
-            Err(_) => Reply::error(&Error::Internal(
-                "the poll failed; see the server log".into(),
-            )),
-        };
-        self.respond(request, reply, started);
-        drop(ticket);
-    }
-
-    fn write(&self, job: WriteJob) {
-        match job {
-            WriteJob::Answer {
-                request,
-                reply,
-                started,
-            } => self.respond(request, reply, started),
-            WriteJob::Publish {
-                mut request,
-                channel,
-                started,
-            } => {
-                let reply = catch_unwind(AssertUnwindSafe(|| {
-                    self.publish(&mut request, &channel, started)
-                }))
-                .unwrap_or_else(|_| {
-                    Err(Error::Internal(
-                        "publishing failed; see the server log".into(),
-                    ))
-                });
-                let reply = reply.unwrap_or_else(|err| Reply::error(&err));
-                self.respond(request, reply, started);
-            }
-            WriteJob::RefuseBody {
-                request,
-                declared_bytes,
-                started,
-            } => self.refuse_body(request, declared_bytes, started),
-        }
-    }
-
-    fn publish(
-        &self,
-        request: &mut Request,
-        channel: &str,
-        started: Instant,
-    ) -> Result<Reply, Error> {
-        let body = read_body(request, self.max_event_bytes, started + self.idle_timeout)?;
-        let text = std::str::from_utf8(&body)
-            .map_err(|_| Error::BadRequest("body is not UTF-8 text; send one JSON value".into()))?;
-        if text.trim().is_empty() {
-            return Err(Error::BadRequest(
-                "body is empty; send one JSON value".into(),
-            ));
-        }
-        let value: serde_json::Value = serde_json::from_str(text)
-            .map_err(|e| Error::BadRequest(format!("body is not valid JSON: {e}")))?;
-        let data_json = serde_json::to_string(&value).expect("a Value serializes");
-        let event = self.hub.publish(channel, &data_json)?;
-        Ok(Reply::json(201, event.json.to_string()))
-    }
-
-    /// Answers `413` to a request whose declared body exceeds the limit,
-    /// without reading it.
-    ///
-    /// tiny_http drains an unread body when the request is dropped, into one
-    /// buffer of the declared size: a length beyond memory aborts the process.
-    /// Up to `MAX_DRAIN_BYTES` that drain is harmless (reads are bounded by the
-    /// socket timeouts). Beyond it, the only way through tiny_http's public API
-    /// not to drop the body is `upgrade()`: the answer goes out as an interim
-    /// `100` followed by a complete `413` with `Connection: close`, and the
-    /// stream is parked for the life of the process (one blocked tiny_http
-    /// thread and one descriptor each, at most `MAX_PARKED_BODIES`).
-    fn refuse_body(&self, request: Request, declared_bytes: usize, started: Instant) {
-        let err = Error::TooLarge {
-            limit_bytes: self.max_event_bytes,
-        };
-        let mut parked = self.parked.lock();
-        if declared_bytes <= MAX_DRAIN_BYTES || parked.len() >= MAX_PARKED_BODIES {
-            drop(parked);
-            return self.respond(request, Reply::error(&err), started);
-        }
-        let method = request.method().to_string();
-        let target = request.url().to_string();
-        let peer = request.remote_addr().copied();
-        let mut stream = request.upgrade("abide-refused", Response::empty(100));
-        let body = err.to_json();
-        let mut head = format!(
-            "HTTP/1.1 413 Payload Too Large\r\nContent-Type: application/json\r\n\
-             Content-Length: {}\r\nConnection: close\r\n",
-            body.len()
-        );
-        if let Some(origin) = &self.cors_origin {
-            head.push_str(&format!("Access-Control-Allow-Origin: {origin}\r\n"));
-        }
-        head.push_str("\r\n");
-        let _ = stream
-            .write_all(head.as_bytes())
-            .and_then(|()| stream.write_all(body.as_bytes()))
-            .and_then(|()| stream.flush());
-        parked.push(stream);
-        drop(parked);
-        self.hub.count_parked_body();
-        self.log(&method, &target, peer, 413, started);
-    }
-
-    /// Writes `reply` and logs it. Runs on a pool thread; may block up to
-    /// `--write-timeout` per write on a client that does not read.
-    fn respond(&self, request: Request, reply: Reply, started: Instant) {
-        let method = request.method().to_string();
-        let target = request.url().to_string();
-        let peer = request.remote_addr().copied();
-        let status = reply.status;
-        let events = reply.events;
-        let mut headers: Vec<Header> = Vec::with_capacity(reply.headers.len() + 4);
-        headers.push(make_header(
-            "Server",
-            concat!("abide/", env!("CARGO_PKG_VERSION")),
-        ));
-        for (name, value) in &reply.headers {
-            headers.push(make_header(name, value));
-        }
-        if let Some(origin) = &self.cors_origin {
-            headers.push(make_header("Access-Control-Allow-Origin", origin));
-            headers.push(make_header(
-                "Access-Control-Expose-Headers",
-                &format!("{MISSED_HEADER}, Retry-After"),
-            ));
-            if origin != "*" {
-                headers.push(make_header("Vary", "Origin"));
-            }
-        }
-        let length = reply.body.len();
-        let response = Response::new(
-            StatusCode(status),
-            headers,
-            Cursor::new(reply.body),
-            Some(length),
-            None,
-        )
-        .with_chunked_threshold(usize::MAX);
-        // tiny_http reports success for a client that has gone away; the count
-        // is of answers written without an error, not of answers read.
-        if request.respond(response).is_ok() {
-            self.hub.count_delivered(events);
-        }
-        self.log(&method, &target, peer, status, started);
-    }
-
-    fn log(
-        &self,
-        method: &str,
-        target: &str,
-        peer: Option<SocketAddr>,
-        status: u16,
-        started: Instant,
-    ) {
-        if self.quiet {
-            return;
-        }
-        let target: String = target.chars().take(LOG_TARGET_CHARS).collect();
-        let peer = peer.map_or("-".to_string(), |p| p.to_string());
-        eprintln!(
-            "{} {peer} {method} {target} {status} {:.1}ms",
-            humantime::format_rfc3339_millis(SystemTime::now()),
-            started.elapsed().as_secs_f64() * 1000.0
-        );
-    }
-}
-
-/// Reads the whole body, refusing more than `max_bytes` and giving up at `deadline`.
-fn read_body(request: &mut Request, max_bytes: usize, deadline: Instant) -> Result<Vec<u8>, Error> {
-    let declared = request.body_length().unwrap_or(0);
-    let mut body = Vec::with_capacity(declared.min(max_bytes));
-    let mut chunk = [0u8; 8192];
-    let reader = request.as_reader();
-    loop {
-        let n = match reader.read(&mut chunk) {
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-                ) =>
-            {
-                return Err(Error::BodyTimeout);
-            }
-            Err(e) => return Err(Error::BadRequest(format!("could not read the body: {e}"))),
-        };
-        if n == 0 {
-            return Ok(body);
-        }
-        if body.len() + n > max_bytes {
-            return Err(Error::TooLarge {
-                limit_bytes: max_bytes,
-            });
-        }
-        body.extend_from_slice(&chunk[..n]);
-        if Instant::now() > deadline {
-            return Err(Error::BodyTimeout);
-        }
+fn shutting_down() -> Error {
+    Error::Busy {
+        message: "server is shutting down".into(),
+        retry_after_secs: 1,
     }
 }
 
@@ -700,7 +489,116 @@ fn header(request: &Request, name: &str) -> Option<String> {
         .map(|h| h.value.as_str().to_string())
 }
 
-fn make_header(name: &str, value: &str) -> Header {
-    Header::from_bytes(name.as_bytes(), value.as_bytes())
-        .expect("header names and values are ASCII")
+/// Works around tiny_http 0.12's connection pool losing a wake-up: when
+/// connections arrive in a burst, one can be queued with no thread to take it
+/// until another connection ends. A connection that opens and closes at once
+/// gets a fresh thread when none is idle; that thread finishes it at once and
+/// then takes the queued one. So after requests arrive (some of a burst got
+/// through), the kicker opens and closes one connection to ourselves, at most
+/// once per `KICK_INTERVAL`; a connection it frees sends a request and so
+/// triggers the next kick. An idle server is never kicked.
+struct Kicker {
+    target: SocketAddr,
+    state: Mutex<KickState>,
+    wake: Condvar,
+}
+
+#[derive(Default)]
+struct KickState {
+    requested: bool,
+    stopped: bool,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Kicker {
+    fn start(target: SocketAddr) -> io::Result<Arc<Kicker>> {
+        let kicker = Arc::new(Kicker {
+            target,
+            state: Mutex::new(KickState::default()),
+            wake: Condvar::new(),
+        });
+        let thread = {
+            let kicker = kicker.clone();
+            thread::Builder::new()
+                .name("abide-kicker".into())
+                .stack_size(KICKER_STACK_BYTES)
+                .spawn(move || kicker.run())?
+        };
+        kicker.state.lock().thread = Some(thread);
+        Ok(kicker)
+    }
+
+    fn nudge(&self) {
+        let mut state = self.state.lock();
+        if !state.requested {
+            state.requested = true;
+            self.wake.notify_one();
+        }
+    }
+
+    fn run(&self) {
+        loop {
+            {
+                let mut state = self.state.lock();
+                while !state.requested && !state.stopped {
+                    self.wake.wait(&mut state);
+                }
+                if state.stopped {
+                    return;
+                }
+                state.requested = false;
+            }
+            let _ = TcpStream::connect_timeout(&self.target, Duration::from_secs(1));
+            // Rate limit: the next kick waits out the interval (or the stop).
+            let mut state = self.state.lock();
+            if !state.stopped {
+                self.wake.wait_for(&mut state, KICK_INTERVAL);
+            }
+        }
+    }
+
+    fn stop(&self) {
+        let thread = {
+            let mut state = self.state.lock();
+            state.stopped = true;
+            self.wake.notify_one();
+            state.thread.take()
+        };
+        if let Some(thread) = thread {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// Servers whose accept thread may panic (tiny_http unwraps a descriptor clone
+/// in its accept thread; with no descriptor left, that thread panics and no
+/// error ever reaches `recv()`).
+fn watch_accept_panics(edge: &Arc<Edge>) {
+    static EDGES: OnceLock<Mutex<Vec<Weak<Edge>>>> = OnceLock::new();
+    let edges = EDGES.get_or_init(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            let in_accept = info
+                .location()
+                .is_some_and(|l| l.file().ends_with("refined_tcp_stream.rs"));
+            if in_accept {
+                if let Some(edges) = EDGES.get() {
+                    edges.lock().retain(|weak| match weak.upgrade() {
+                        Some(edge) => {
+                            // Its dispatch thread sees an error on the current
+                            // generation and starts accepting again.
+                            if let Some(g) = edge.servers.lock().last() {
+                                g.server.unblock();
+                            }
+                            true
+                        }
+                        None => false,
+                    });
+                }
+            }
+            previous(info);
+        }));
+        Mutex::new(Vec::new())
+    });
+    edges.lock().push(Arc::downgrade(edge));
 }
