@@ -100,6 +100,18 @@ pub enum Answer {
     Gone { channel: String },
 }
 
+/// Condvars of waiters to wake; notifies them when dropped (outside the lock).
+#[must_use = "dropping it wakes the waiters"]
+pub struct Wake(Vec<Arc<Condvar>>);
+
+impl Drop for Wake {
+    fn drop(&mut self) {
+        for condvar in self.0.drain(..) {
+            condvar.notify_one();
+        }
+    }
+}
+
 /// The outcome of `begin_poll`.
 pub enum PollStart {
     Now(Answer),
@@ -144,8 +156,21 @@ impl Hub {
         }
     }
 
-    /// Stores one event; `data_json` is the published value as compact JSON.
+    /// Stores one event and wakes the channel's waiters; `data_json` is the
+    /// published value as compact JSON.
     pub fn publish(&self, channel: &str, data_json: &str) -> Result<Arc<Event>, Error> {
+        self.publish_deferred(channel, data_json)
+            .map(|(event, _wake)| event)
+    }
+
+    /// Like `publish`, but the waiters are woken only when the returned `Wake`
+    /// is dropped, so that the publisher can be answered first: its round trip
+    /// then does not grow with the number of waiters.
+    pub fn publish_deferred(
+        &self,
+        channel: &str,
+        data_json: &str,
+    ) -> Result<(Arc<Event>, Wake), Error> {
         let limits = &self.shared.limits;
         let now = Instant::now();
         let at = SystemTime::now();
@@ -183,13 +208,10 @@ impl Hub {
         st.compact_order();
         drop(st);
 
-        for condvar in wake {
-            condvar.notify_one();
-        }
         let counters = &self.shared.counters;
         counters.events_published.fetch_add(1, Relaxed);
         counters.events_dropped.fetch_add(dropped as u64, Relaxed);
-        Ok(event)
+        Ok((event, Wake(wake)))
     }
 
     /// Decides a poll: answer now, or register it to wait (taking a slot).

@@ -166,6 +166,14 @@ impl<J> Worker<J> {
         if let Some(job) = first {
             self.handle(job);
         }
+        self.serve();
+    }
+
+    /// Takes jobs until idle or stopped. Kept out of `run` so that the first
+    /// job (often a poll that waits for a long time) runs on a shallow stack:
+    /// only the stack pages a thread touches cost resident memory.
+    #[inline(never)]
+    fn serve(self) {
         loop {
             let msg = select! {
                 recv(self.backlog) -> msg => msg.ok(),

@@ -30,7 +30,7 @@ use tiny_http::{Header, ReadWrite, Request, Response, StatusCode};
 
 use crate::config::Config;
 use crate::error::Error;
-use crate::hub::{Hub, Ticket};
+use crate::hub::{Hub, Ticket, Wake};
 use crate::pool::Pool;
 use crate::reply::{MISSED_HEADER, Reply};
 use crate::request;
@@ -273,8 +273,9 @@ impl Writer {
                 channel,
                 started,
             } => {
+                let mut wake = None;
                 let reply = catch_unwind(AssertUnwindSafe(|| {
-                    self.publish(&mut request, &channel, started)
+                    self.publish(&mut request, &channel, started, &mut wake)
                 }))
                 .unwrap_or_else(|_| {
                     Err(Error::Internal(
@@ -282,7 +283,10 @@ impl Writer {
                     ))
                 })
                 .unwrap_or_else(|err| Reply::error(&err));
-                self.respond(request, reply, started)
+                let written = self.respond(request, reply, started);
+                // The publisher has its answer; now the waiters run.
+                drop(wake);
+                written
             }
             Work::RefuseBody {
                 request,
@@ -308,11 +312,13 @@ impl Writer {
         }
     }
 
+    #[inline(never)]
     fn publish(
         &self,
         request: &mut Request,
         channel: &str,
         started: Instant,
+        wake: &mut Option<Wake>,
     ) -> Result<Reply, Error> {
         let body = read_body(request, self.max_event_bytes, started + self.idle_timeout)?;
         let text = std::str::from_utf8(&body)
@@ -326,7 +332,8 @@ impl Writer {
         let value: serde_json::Value = serde_json::from_str(text)
             .map_err(|e| Error::BadRequest(format!("body is not valid JSON: {e}")))?;
         let data_json = serde_json::to_string(&value).expect("a Value serializes");
-        let event = self.hub.publish(channel, &data_json)?;
+        let (event, waiters) = self.hub.publish_deferred(channel, &data_json)?;
+        *wake = Some(waiters);
         Ok(Reply::json(201, event.json.to_string()))
     }
 
@@ -342,6 +349,7 @@ impl Writer {
     /// client closes or the read timeout, and blocks no writer), and parked for
     /// the life of the process beyond it (one blocked tiny_http thread and one
     /// descriptor each).
+    #[inline(never)]
     fn refuse_body(&self, request: Request, declared_bytes: usize, started: Instant) -> bool {
         let err = Error::TooLarge {
             limit_bytes: self.max_event_bytes,
@@ -481,7 +489,9 @@ fn discard_work(work: Work) {
 fn read_body(request: &mut Request, max_bytes: usize, deadline: Instant) -> Result<Vec<u8>, Error> {
     let declared = request.body_length().unwrap_or(0);
     let mut body = Vec::with_capacity(declared.min(max_bytes));
-    let mut chunk = [0u8; 8192];
+    // Read into the heap, not a stack buffer: a large stack frame is probed
+    // page by page, and every page a thread touches stays resident.
+    let mut chunk = vec![0u8; 8192];
     let reader = request.as_reader();
     loop {
         let n = match reader.read(&mut chunk) {
