@@ -14,8 +14,6 @@ mod common;
 use std::fs::File;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::process::{Command, Stdio};
-use std::thread;
 use std::time::{Duration, Instant};
 
 use common::HANG_GUARD;
@@ -29,7 +27,7 @@ const OUTAGE: Duration = Duration::from_secs(1);
 fn accept_error_from_running_out_of_descriptors_does_not_end_accepting() {
     // Two spare: the client's socket takes one, tiny_http's clone of the
     // accepted socket the other, and its next accept() fails with EMFILE.
-    isolated(
+    common::isolated(
         "accept_error_from_running_out_of_descriptors_does_not_end_accepting",
         || run_out_of_descriptors(2),
     );
@@ -40,7 +38,7 @@ fn accept_error_from_running_out_of_descriptors_does_not_end_accepting() {
 fn running_out_of_descriptors_while_accepting_does_not_end_accepting() {
     // One spare: the client's socket takes it, accept() returns the
     // descriptor it had reserved, and tiny_http's clone of it finds none.
-    isolated(
+    common::isolated(
         "running_out_of_descriptors_while_accepting_does_not_end_accepting",
         || run_out_of_descriptors(1),
     );
@@ -160,46 +158,6 @@ impl Drop for Shortage {
         self.files.clear();
         rlimit::setrlimit(Resource::NOFILE, self.soft, self.hard).expect("restore RLIMIT_NOFILE");
     }
-}
-
-/// Runs `scenario` in a child process (this test binary, filtered to the
-/// test `name`): the child has a descriptor table and limits of its own, and
-/// a crash there fails that test alone.
-fn isolated(name: &str, scenario: fn()) {
-    const CHILD: &str = "ABIDE_FD_LIMIT_CHILD";
-    if std::env::var(CHILD).as_deref() == Ok(name) {
-        return scenario();
-    }
-    let exe = std::env::current_exe().expect("test binary");
-    let child = Command::new(exe)
-        .args([name, "--exact", "--nocapture", "--test-threads=1"])
-        .env(CHILD, name)
-        .env("RUST_BACKTRACE", "0")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn the child test");
-    // The child's own waits end within its hang guards; allow for several.
-    let pid = child.id();
-    let (done_tx, done_rx) = std::sync::mpsc::channel();
-    thread::spawn(move || done_tx.send(child.wait_with_output().expect("child output")));
-    let output = done_rx.recv_timeout(HANG_GUARD * 3).unwrap_or_else(|_| {
-        // SAFETY: kill(2) on the child this test started, by its id.
-        unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
-        panic!(
-            "{name}: the child process did not finish within {:?}",
-            HANG_GUARD * 3
-        )
-    });
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    let tail: Vec<&str> = stderr.lines().rev().take(30).collect();
-    let tail: Vec<&str> = tail.into_iter().rev().collect();
-    assert!(
-        output.status.success(),
-        "the process running {name} failed: {:?}\nits stderr ends:\n{}",
-        output.status,
-        tail.join("\n")
-    );
 }
 
 fn connect(addr: SocketAddr) -> TcpStream {

@@ -8,7 +8,6 @@ mod common;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::process::{Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -280,7 +279,7 @@ fn bad_bodies_get_a_json_400() {
 #[test]
 fn deeply_nested_json_is_refused_not_crashed_on() {
     // In a child process: a stack overflow aborts the whole process.
-    isolated(
+    common::isolated(
         "deeply_nested_json_is_refused_not_crashed_on",
         deeply_nested_json,
     );
@@ -495,7 +494,7 @@ fn trap_absurd_content_length_is_refused_without_aborting() {
 #[test]
 fn trap_absurd_content_length_beyond_the_parking_cap_does_not_abort() {
     // In a child process: an abort must fail this test, not end the suite.
-    isolated(
+    common::isolated(
         "trap_absurd_content_length_beyond_the_parking_cap_does_not_abort",
         absurd_lengths_beyond_the_parking_cap,
     );
@@ -820,46 +819,6 @@ impl RawResp {
             "error {message:?} does not name {word:?}"
         );
     }
-}
-
-/// Runs `scenario` in a child process (this test binary, filtered to the
-/// test `name`), so that a crash such as an abort or a stack overflow fails
-/// that test alone instead of ending the whole suite.
-fn isolated(name: &str, scenario: fn()) {
-    const CHILD: &str = "ABIDE_ROBUSTNESS_CHILD";
-    if std::env::var(CHILD).as_deref() == Ok(name) {
-        return scenario();
-    }
-    let exe = std::env::current_exe().expect("test binary");
-    let child = Command::new(exe)
-        .args([name, "--exact", "--nocapture", "--test-threads=1"])
-        .env(CHILD, name)
-        .env("RUST_BACKTRACE", "0")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn the child test");
-    // The child's own waits end within its hang guards; allow for several.
-    let pid = child.id();
-    let (done_tx, done_rx) = std::sync::mpsc::channel();
-    thread::spawn(move || done_tx.send(child.wait_with_output().expect("child output")));
-    let output = done_rx.recv_timeout(HANG_GUARD * 3).unwrap_or_else(|_| {
-        // SAFETY: kill(2) on the child this test started, by its id.
-        unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
-        panic!(
-            "{name}: the child process did not finish within {:?}",
-            HANG_GUARD * 3
-        )
-    });
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    let tail: Vec<&str> = stderr.lines().rev().take(30).collect();
-    let tail: Vec<&str> = tail.into_iter().rev().collect();
-    assert!(
-        output.status.success(),
-        "the process running {name} failed: {:?}\nits stderr ends:\n{}",
-        output.status,
-        tail.join("\n")
-    );
 }
 
 fn connect(addr: SocketAddr) -> TcpStream {

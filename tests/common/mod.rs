@@ -250,3 +250,43 @@ pub fn final_status(raw: &str) -> Option<u16> {
         .filter_map(|part| part.get(2..5)?.parse::<u16>().ok())
         .find(|code| *code >= 200)
 }
+
+/// Runs `scenario` in a child process (this test binary, filtered to the
+/// test `name`): the child has a descriptor table and limits of its own, and
+/// a crash there fails that test alone.
+pub fn isolated(name: &str, scenario: fn()) {
+    const CHILD: &str = "ABIDE_ISOLATED_CHILD";
+    if std::env::var(CHILD).as_deref() == Ok(name) {
+        return scenario();
+    }
+    let exe = std::env::current_exe().expect("test binary");
+    let child = std::process::Command::new(exe)
+        .args([name, "--exact", "--nocapture", "--test-threads=1"])
+        .env(CHILD, name)
+        .env("RUST_BACKTRACE", "0")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn the child test");
+    // The child's own waits end within its hang guards; allow for several.
+    let pid = child.id();
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    thread::spawn(move || done_tx.send(child.wait_with_output().expect("child output")));
+    let output = done_rx.recv_timeout(HANG_GUARD * 3).unwrap_or_else(|_| {
+        // SAFETY: kill(2) on the child this test started, by its id.
+        unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
+        panic!(
+            "{name}: the child process did not finish within {:?}",
+            HANG_GUARD * 3
+        )
+    });
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let tail: Vec<&str> = stderr.lines().rev().take(30).collect();
+    let tail: Vec<&str> = tail.into_iter().rev().collect();
+    assert!(
+        output.status.success(),
+        "the process running {name} failed: {:?}\nits stderr ends:\n{}",
+        output.status,
+        tail.join("\n")
+    );
+}
