@@ -1,0 +1,159 @@
+//! The demo page in a real browser: runs `tests/browser/chat.mjs`
+//! (playwright-core driving Debian's headless Chromium) against the real
+//! binary. Skipped, saying why, when Node or Chromium is missing, unless
+//! `ABIDE_REQUIRE_BROWSER=1` (CI) makes that a failure.
+
+use std::env;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+/// Whole-script hang guard; a pass takes about 5 seconds.
+const SCRIPT_DEADLINE: Duration = Duration::from_secs(180);
+
+/// Two browser tabs chat through the demo page, markup in a message stays text, and the page reconnects by itself after a server restart.
+#[test]
+fn demo_page_works_in_headless_chromium() {
+    let required = env::var("ABIDE_REQUIRE_BROWSER").is_ok_and(|v| v == "1");
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser");
+    let chromium = match prerequisites(&dir) {
+        Ok(chromium) => chromium,
+        Err(why) if required => {
+            panic!("ABIDE_REQUIRE_BROWSER=1, but the browser test cannot run: {why}")
+        }
+        Err(why) => {
+            eprintln!(
+                "browser test SKIPPED: {why}. (CI sets ABIDE_REQUIRE_BROWSER=1 to make this a failure.)"
+            );
+            return;
+        }
+    };
+    // CARGO_TARGET_TMPDIR is <target dir>/tmp: the screenshot goes beside it.
+    let screenshot = Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .parent()
+        .expect("target dir")
+        .join("demo-screenshot.png");
+    let started = Instant::now();
+    let (status, stdout, stderr) = run_script(&dir, &chromium, &screenshot);
+    print!("{stdout}");
+    eprint!("{stderr}");
+    let status_text = status.map_or("no exit status".into(), |s| s.to_string());
+    println!(
+        "browser test: {status_text} after {:.1} s; screenshot: {}",
+        started.elapsed().as_secs_f64(),
+        screenshot.display()
+    );
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "tests/browser/chat.mjs failed ({status_text}); its output is above"
+    );
+}
+
+/// Chromium's path when Node, Chromium and the script's node_modules are all
+/// there (installing node_modules once with `npm ci` if npm is), or why not.
+fn prerequisites(dir: &Path) -> Result<PathBuf, String> {
+    if !runs("node", &["--version"]) {
+        return Err("`node` is not on PATH (apt-get install nodejs npm)".into());
+    }
+    let chromium = find_chromium()
+        .ok_or("no Chromium (ABIDE_CHROMIUM, /usr/bin/chromium or `chromium` on PATH; apt-get install chromium)")?;
+    if !dir.join("node_modules/playwright-core").is_dir() {
+        if !runs("npm", &["--version"]) {
+            return Err(format!(
+                "{}/node_modules is missing and npm is not on PATH to install it",
+                dir.display()
+            ));
+        }
+        eprintln!(
+            "installing playwright-core: npm ci --prefix {}",
+            dir.display()
+        );
+        let status = Command::new("npm")
+            .args(["ci", "--no-audit", "--no-fund", "--prefix"])
+            .arg(dir)
+            .status()
+            .map_err(|e| format!("npm ci: {e}"))?;
+        if !status.success() || !dir.join("node_modules/playwright-core").is_dir() {
+            return Err(format!(
+                "`npm ci --prefix {}` failed ({status})",
+                dir.display()
+            ));
+        }
+    }
+    Ok(chromium)
+}
+
+fn runs(program: &str, args: &[&str]) -> bool {
+    Command::new(program)
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// `ABIDE_CHROMIUM`, else /usr/bin/chromium, else `chromium` on PATH.
+fn find_chromium() -> Option<PathBuf> {
+    if let Some(path) = env::var_os("ABIDE_CHROMIUM") {
+        return Some(PathBuf::from(path)).filter(|p| p.is_file());
+    }
+    let debian = PathBuf::from("/usr/bin/chromium");
+    if debian.is_file() {
+        return Some(debian);
+    }
+    env::split_paths(&env::var_os("PATH")?)
+        .map(|d| d.join("chromium"))
+        .find(|p| p.is_file())
+}
+
+/// Runs the script to completion (killed by PID past the deadline): its exit
+/// status (None if it could not be had), its stdout and its stderr.
+fn run_script(
+    dir: &Path,
+    chromium: &Path,
+    screenshot: &Path,
+) -> (Option<ExitStatus>, String, String) {
+    let mut child = Command::new("node")
+        .arg(dir.join("chat.mjs"))
+        .arg(env!("CARGO_BIN_EXE_abide"))
+        .arg(screenshot)
+        .env("ABIDE_CHROMIUM", chromium)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start node");
+    let pid = child.id() as libc::pid_t;
+    let out = read_all(child.stdout.take().expect("stdout"));
+    let err = read_all(child.stderr.take().expect("stderr"));
+    let (done_tx, done_rx) = mpsc::channel();
+    let waiter = thread::spawn(move || {
+        let status = child.wait();
+        let _ = done_tx.send(());
+        status
+    });
+    let mut note = String::new();
+    if done_rx.recv_timeout(SCRIPT_DEADLINE).is_err() {
+        // SIGTERM first: the script then kills the servers it started.
+        unsafe { libc::kill(pid, libc::SIGTERM) };
+        if done_rx.recv_timeout(Duration::from_secs(10)).is_err() {
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+        note = format!("\n(killed: still running after {SCRIPT_DEADLINE:?})");
+    }
+    let status = waiter.join().expect("waiter thread").ok();
+    let stdout = out.join().expect("stdout reader");
+    let stderr = err.join().expect("stderr reader") + &note;
+    (status, stdout, stderr)
+}
+
+fn read_all(mut pipe: impl Read + Send + 'static) -> thread::JoinHandle<String> {
+    thread::spawn(move || {
+        let mut s = String::new();
+        let _ = pipe.read_to_string(&mut s);
+        s
+    })
+}
