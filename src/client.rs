@@ -45,6 +45,8 @@ pub enum ClientError {
     Network(String),
     /// An answer that is not what the API promises.
     BadAnswer(String),
+    /// The request could not be made as asked (a bad URL or channel name).
+    Invalid(String),
 }
 
 impl ClientError {
@@ -53,7 +55,7 @@ impl ClientError {
         match self {
             ClientError::Status { status, .. } => *status >= 500 || matches!(status, 408 | 429),
             ClientError::Network(_) => true,
-            ClientError::BadAnswer(_) => false,
+            ClientError::BadAnswer(_) | ClientError::Invalid(_) => false,
         }
     }
 
@@ -73,6 +75,7 @@ impl fmt::Display for ClientError {
             } => write!(f, "server answered {status}: {message}"),
             ClientError::Network(msg) => write!(f, "network error: {msg}"),
             ClientError::BadAnswer(msg) => write!(f, "unexpected answer: {msg}"),
+            ClientError::Invalid(msg) => f.write_str(msg),
         }
     }
 }
@@ -121,6 +124,7 @@ impl Client {
 
     /// Publishes one JSON value; returns the stored event.
     pub fn publish(&self, channel: &str, json: &str) -> Result<Value, ClientError> {
+        check_channel(channel)?;
         let url = format!("{}/channels/{channel}/events", self.base_url);
         let result = self
             .agent
@@ -176,11 +180,27 @@ impl Client {
     }
 }
 
+/// Refuses a channel name the server would refuse, before asking it.
+fn check_channel(name: &str) -> Result<(), ClientError> {
+    if crate::request::valid_channel_name(name) {
+        Ok(())
+    } else {
+        Err(ClientError::Invalid(format!(
+            "invalid channel name {name:?}: use 1-64 ASCII letters, digits, '-', '_' or '.'"
+        )))
+    }
+}
+
 /// Status, missed flag and body of an answer, or the error that replaced it.
 fn read_answer(
     result: Result<ureq::http::Response<ureq::Body>, ureq::Error>,
 ) -> Result<(u16, bool, String), ClientError> {
-    let mut response = result.map_err(|e| ClientError::Network(e.to_string()))?;
+    let mut response = result.map_err(|e| match e {
+        ureq::Error::BadUri(_) | ureq::Error::Http(_) => {
+            ClientError::Invalid(format!("cannot make the request: {e}"))
+        }
+        e => ClientError::Network(e.to_string()),
+    })?;
     let status = response.status().as_u16();
     let header = |name: &str| {
         response
@@ -303,6 +323,9 @@ pub struct Watcher {
 impl Watcher {
     /// Reads the cursor file (when there is one and `from` is not given).
     pub fn new(options: WatchOptions) -> Result<Watcher, String> {
+        for channel in &options.channels {
+            check_channel(channel).map_err(|e| e.to_string())?;
+        }
         let cursor = match (options.from, &options.cursor_file) {
             (Some(from), _) => from,
             (None, Some(path)) => read_cursor(path)?,
@@ -374,6 +397,9 @@ impl Watcher {
             match self.poll_once(deliver, note) {
                 Ok(_) => self.backoff.reset(),
                 Err(error) if error.is_retryable() => {
+                    // Next time, a fresh connection: the failed one may lead
+                    // to a server that is going away.
+                    self.client = Client::new(&self.options.base_url, self.options.timeout);
                     let jittered = self.backoff.next_delay();
                     let delay = error.retry_after().unwrap_or(jittered);
                     note(Note::Retrying {

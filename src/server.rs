@@ -356,25 +356,16 @@ impl Edge {
     }
 
     /// After the stop: answers `503` to requests on connections that are
-    /// still open, until none has come for `--idle-timeout` (by then the
-    /// socket timeouts have closed every quiet connection).
+    /// still open, for up to `--idle-timeout` (by then the socket timeouts
+    /// have closed every quiet connection), then lets the server go.
     fn refuse_until_quiet(&self, server: &tiny_http::Server) {
-        let quiet = self.config.idle_timeout;
-        let mut last_request = Instant::now();
-        while last_request.elapsed() < quiet {
+        let until = Instant::now() + self.config.idle_timeout;
+        while let Some(left) = until.checked_duration_since(Instant::now()) {
             // Errors (the accept thread's end, a leftover unblock) are not requests.
-            let Ok(Some(request)) = server.recv_timeout(quiet) else {
-                continue;
-            };
-            last_request = Instant::now();
-            let _ = request.respond(
-                tiny_http::Response::from_string(shutting_down().to_json())
-                    .with_status_code(503)
-                    .with_header(
-                        tiny_http::Header::from_bytes("Content-Type", "application/json")
-                            .expect("ASCII"),
-                    ),
-            );
+            if let Ok(Some(request)) = server.recv_timeout(left) {
+                self.writer
+                    .respond(request, Reply::error(&shutting_down()), Instant::now());
+            }
         }
     }
 
@@ -389,14 +380,29 @@ impl Edge {
     /// Routes one request and hands it to the writer. Never blocks on a client.
     fn dispatch(&self, request: Request) {
         let started = Instant::now();
-        if let Some(declared_bytes) = request.body_length() {
-            if declared_bytes > self.config.max_event_bytes {
-                return self.writer.submit(Work::RefuseBody {
+        // The declared length as sent: tiny_http keeps it as a `usize`, so on a
+        // 32-bit system a larger one reads as "no body" there.
+        let declared = header(&request, "Content-Length")
+            .filter(|_| header(&request, "Transfer-Encoding").is_none())
+            .and_then(|v| v.trim().parse::<u64>().ok());
+        if let Some(declared_bytes) = declared.filter(|d| *d > self.config.max_event_bytes as u64) {
+            let err = Error::TooLarge {
+                limit_bytes: self.config.max_event_bytes,
+            };
+            return match request.body_length() {
+                // tiny_http holds a reader of that size: refuse without dropping it.
+                Some(_) => self.writer.submit(Work::RefuseBody {
                     request,
                     declared_bytes,
                     started,
-                });
-            }
+                }),
+                // tiny_http ignored the length (too large for `usize`): nothing to drain.
+                None => self.writer.submit(Work::Answer {
+                    request,
+                    reply: Reply::error(&err),
+                    started,
+                }),
+            };
         }
         let settings = RouteSettings {
             default_timeout: self.config.default_timeout,

@@ -71,7 +71,7 @@ pub enum Work {
     /// Answer `413` to a declared body over the limit, without reading it.
     RefuseBody {
         request: Request,
-        declared_bytes: usize,
+        declared_bytes: u64,
         started: Instant,
     },
     /// Wait for the poll's events, then answer (holds a wait slot).
@@ -350,7 +350,7 @@ impl Writer {
     /// the life of the process beyond it (one blocked tiny_http thread and one
     /// descriptor each).
     #[inline(never)]
-    fn refuse_body(&self, request: Request, declared_bytes: usize, started: Instant) -> bool {
+    fn refuse_body(&self, request: Request, declared_bytes: u64, started: Instant) -> bool {
         let err = Error::TooLarge {
             limit_bytes: self.max_event_bytes,
         };
@@ -376,7 +376,7 @@ impl Writer {
             .and_then(|()| stream.write_all(body.as_bytes()))
             .and_then(|()| stream.flush())
             .is_ok();
-        if declared_bytes <= MAX_DRAIN_BYTES {
+        if declared_bytes <= MAX_DRAIN_BYTES as u64 {
             if let Err(stream) = self.drainers.submit(stream) {
                 self.parked.lock().push(stream);
                 self.hub.count_parked_body();
@@ -392,7 +392,7 @@ impl Writer {
 
     /// Writes `reply` and logs it; returns whether the write succeeded. Blocks
     /// up to `--write-timeout` per write on a client that does not read.
-    fn respond(&self, request: Request, reply: Reply, started: Instant) -> bool {
+    pub fn respond(&self, request: Request, reply: Reply, started: Instant) -> bool {
         let method = request.method().to_string();
         let target = request.url().to_string();
         let peer = request.remote_addr().copied();
