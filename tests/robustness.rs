@@ -476,7 +476,15 @@ fn trap_absurd_content_length_is_refused_without_aborting() {
         parked.push(stream);
         assert_serving(server.addr);
     }
-    server.wait_for_stat("bodies_parked", |n| n == 4);
+    // tiny_http keeps a declared length only if it fits a `usize`; those
+    // requests are parked. On a 32-bit target none of these fit, and abide
+    // refuses them without any body to park.
+    let fits = ["100000000000000", "18446744073709551615"].map(|l| l.parse::<usize>().is_ok());
+    let expected_parked = [fits[0], fits[1], fits[0], fits[0]]
+        .iter()
+        .filter(|fit| **fit)
+        .count() as u64;
+    server.wait_for_stat("bodies_parked", |n| n == expected_parked);
     // The client then sending body bytes anyway harms nothing.
     for stream in &mut parked {
         let _ = stream.write_all(&[b'x'; 4096]);
