@@ -651,6 +651,15 @@ mod tests {
         }
     }
 
+    /// Registers a poll that must wait and waits for it on its own thread.
+    fn wait_on_thread(hub: &Hub, spec: PollSpec) -> thread::JoinHandle<Answer> {
+        let PollStart::Wait(ticket) = hub.begin_poll(&spec).unwrap() else {
+            panic!("expected a wait");
+        };
+        let hub = hub.clone();
+        thread::spawn(move || hub.wait(&ticket))
+    }
+
     fn now(hub: &Hub, spec: &PollSpec) -> Answer {
         match hub.begin_poll(spec).unwrap() {
             PollStart::Now(answer) => answer,
@@ -758,13 +767,7 @@ mod tests {
     #[test]
     fn deleting_a_channel_answers_its_waiter_gone() {
         let hub = Hub::new(limits());
-        let PollStart::Wait(ticket) = hub.begin_poll(&spec(&["a"], 0, 60)).unwrap() else {
-            panic!("expected a wait");
-        };
-        let waiter = {
-            let hub = hub.clone();
-            thread::spawn(move || hub.wait(&ticket))
-        };
+        let waiter = wait_on_thread(&hub, spec(&["a"], 0, 60));
         hub.delete("a");
         assert!(matches!(waiter.join().unwrap(), Answer::Gone { channel } if channel == "a"));
     }
@@ -773,13 +776,7 @@ mod tests {
     #[test]
     fn shutting_down_answers_waiters_empty_and_refuses_new_work() {
         let hub = Hub::new(limits());
-        let PollStart::Wait(ticket) = hub.begin_poll(&spec(&["a"], 0, 60)).unwrap() else {
-            panic!("expected a wait");
-        };
-        let waiter = {
-            let hub = hub.clone();
-            thread::spawn(move || hub.wait(&ticket))
-        };
+        let waiter = wait_on_thread(&hub, spec(&["a"], 0, 60));
         hub.shut_down();
         assert!(matches!(
             waiter.join().unwrap(),

@@ -2,12 +2,8 @@
 //! startup line and the access log on stderr, `--quiet`.
 mod common;
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::Write;
 use std::net::{SocketAddr, TcpStream};
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
-use std::thread;
-use std::time::Instant;
 
 use common::HANG_GUARD;
 
@@ -52,7 +48,7 @@ fn bad_flag_values_exit_2_naming_the_flag() {
             args.extend(["--listen", "127.0.0.1:0"]);
         }
         args.extend(flags);
-        let mut abide = Abide::spawn(&args);
+        let mut abide = common::Abide::spawn(&args);
         let status = abide.wait_exit();
         let stderr = abide.rest_of_stderr().join("");
         assert_eq!(
@@ -74,7 +70,7 @@ fn bad_flag_values_exit_2_naming_the_flag() {
 /// `abide serve --help` exits 0 and lists every flag, each with help text.
 #[test]
 fn help_lists_every_flag_with_text() {
-    let mut abide = Abide::spawn(&["serve", "--help"]);
+    let mut abide = common::Abide::spawn(&["serve", "--help"]);
     let status = abide.wait_exit();
     let help = abide.stdout_text();
     assert!(status.success(), "{status}: {help}");
@@ -111,7 +107,7 @@ fn startup_line_names_the_address_and_limits() {
         ("--idle-timeout", "59"),
     ];
     let flags: Vec<&str> = limits.iter().flat_map(|(f, v)| [*f, *v]).collect();
-    let abide = Abide::serve(&flags);
+    let abide = common::Abide::serve(&flags);
     let line = &abide.startup_line;
     assert!(line.contains(&abide.addr.to_string()), "{line}");
     // Cross-check the port with a request.
@@ -137,7 +133,7 @@ fn startup_line_names_the_address_and_limits() {
 /// Each request gets one stderr line: time, peer, method, path, status, duration.
 #[test]
 fn access_log_has_one_line_per_request() {
-    let mut abide = Abide::serve(&[]);
+    let mut abide = common::Abide::serve(&[]);
     let requests = [
         ("GET", "/healthz", ""),
         ("POST", "/channels/logged/events", r#"{"n":1}"#),
@@ -198,7 +194,7 @@ fn access_log_has_one_line_per_request() {
 /// `--quiet` logs no request, even ones answered well before the process exits.
 #[test]
 fn quiet_turns_the_access_log_off() {
-    let mut abide = Abide::serve(&["--quiet"]);
+    let mut abide = common::Abide::serve(&["--quiet"]);
     assert_eq!(request(abide.addr, "GET", "/healthz", "").0, 200);
     assert_eq!(
         request(abide.addr, "POST", "/channels/q/events", "1").0,
@@ -235,129 +231,4 @@ fn request(addr: SocketAddr, method: &str, path: &str, body: &str) -> (u16, Sock
     let answer = common::read_until_close(&mut stream);
     let status = common::final_status(&answer).unwrap_or_else(|| panic!("no answer: {answer:?}"));
     (status, local)
-}
-
-/// The real `abide` binary; killed on drop.
-struct Abide {
-    child: Child,
-    addr: SocketAddr,
-    startup_line: String,
-    stderr: Receiver<String>,
-    stdout: Receiver<String>,
-}
-
-impl Abide {
-    fn spawn(args: &[&str]) -> Abide {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_abide"))
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("abide starts");
-        let stdout = lines(child.stdout.take().expect("stdout"));
-        let stderr = lines(child.stderr.take().expect("stderr"));
-        Abide {
-            child,
-            addr: SocketAddr::from(([127, 0, 0, 1], 0)),
-            startup_line: String::new(),
-            stderr,
-            stdout,
-        }
-    }
-
-    /// `abide serve --listen 127.0.0.1:0 FLAGS`, once its startup line is out.
-    fn serve(flags: &[&str]) -> Abide {
-        let mut args = vec!["serve", "--listen", "127.0.0.1:0"];
-        args.extend(flags);
-        let mut abide = Abide::spawn(&args);
-        let line = abide.next_line("the startup line", |l| l.contains("listening on http://"));
-        let (_, rest) = line.split_once("listening on http://").expect("matched");
-        let addr = rest.split_whitespace().next().unwrap_or_default();
-        abide.addr = addr
-            .parse()
-            .unwrap_or_else(|e| panic!("address in {line:?}: {e}"));
-        abide.startup_line = line;
-        abide
-    }
-
-    /// The next stderr line that satisfies `wanted` (skipping others).
-    fn next_line(&self, what: &str, wanted: impl Fn(&str) -> bool) -> String {
-        let mut lines = self.lines_until(what, |seen| seen.last().is_some_and(|l| wanted(l)));
-        lines.pop().expect("the wanted line")
-    }
-
-    /// Stderr lines read until `enough` holds for all read so far.
-    fn lines_until(&self, what: &str, enough: impl Fn(&[String]) -> bool) -> Vec<String> {
-        let deadline = Instant::now() + HANG_GUARD;
-        let mut seen = Vec::new();
-        while !enough(&seen) {
-            let wait = deadline.saturating_duration_since(Instant::now());
-            match self.stderr.recv_timeout(wait) {
-                Ok(line) => seen.push(line),
-                Err(e) => panic!("no {what} on stderr ({e:?}); got {seen:?}"),
-            }
-        }
-        seen
-    }
-
-    /// Every stderr line not read yet, up to the end (call after exit).
-    fn rest_of_stderr(&self) -> Vec<String> {
-        drain(&self.stderr)
-    }
-
-    /// Everything written to stdout (call after exit).
-    fn stdout_text(&self) -> String {
-        drain(&self.stdout).concat()
-    }
-
-    fn signal(&self, signal: libc::c_int) {
-        // SAFETY: kill(2) with the pid of a child this test owns and has not reaped.
-        let sent = unsafe { libc::kill(self.child.id() as libc::pid_t, signal) };
-        assert_eq!(sent, 0, "kill failed");
-    }
-
-    fn wait_exit(&mut self) -> ExitStatus {
-        let mut status = None;
-        common::wait_until("abide to exit", || {
-            status = self.child.try_wait().expect("try_wait");
-            status.is_some()
-        });
-        status.expect("exited")
-    }
-}
-
-impl Drop for Abide {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Lines of `reader` (each with its newline), sent as they come.
-fn lines(reader: impl Read + Send + 'static) -> Receiver<String> {
-    let (tx, rx) = mpsc::channel();
-    thread::spawn(move || {
-        let mut reader = BufReader::new(reader);
-        let mut line = String::new();
-        while matches!(reader.read_line(&mut line), Ok(n) if n > 0) {
-            if tx.send(std::mem::take(&mut line)).is_err() {
-                return;
-            }
-        }
-    });
-    rx
-}
-
-/// Everything left on `rx` until its writer has hit end of file.
-fn drain(rx: &Receiver<String>) -> Vec<String> {
-    let deadline = Instant::now() + HANG_GUARD;
-    let mut out = Vec::new();
-    loop {
-        match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
-            Ok(line) => out.push(line),
-            Err(RecvTimeoutError::Disconnected) => return out,
-            Err(RecvTimeoutError::Timeout) => panic!("output did not end; got {out:?}"),
-        }
-    }
 }

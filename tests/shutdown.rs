@@ -5,8 +5,6 @@ mod common;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::mpsc::{self, Receiver};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
@@ -89,7 +87,7 @@ fn sigint_answers_pending_polls_and_exits_0() {
 /// Requests sent to the binary once SIGTERM's stop began are refused or closed, never hung.
 #[test]
 fn requests_after_sigterm_are_refused_or_closed() {
-    let mut abide = Abide::serve();
+    let mut abide = common::Abide::serve(&[]);
     let addr = abide.addr;
     let poll = thread::spawn(move || {
         common::raw(addr, &get("/channels/z/events?timeout=100"), HANG_GUARD)
@@ -119,7 +117,7 @@ fn requests_after_sigterm_are_refused_or_closed() {
 }
 
 fn signal_answers_pending_polls_and_exits_0(signal: libc::c_int, name: &str) {
-    let mut abide = Abide::serve();
+    let mut abide = common::Abide::serve(&[]);
     let addr = abide.addr;
     let paths = [
         "/channels/a/events?timeout=100",
@@ -252,71 +250,4 @@ fn stats(addr: SocketAddr) -> serde_json::Value {
     let answer = common::raw(addr, &get("/stats"), HANG_GUARD);
     let (_, body) = answer.split_once("\r\n\r\n").expect("an answer");
     serde_json::from_str(body).unwrap_or_else(|e| panic!("stats not JSON ({e}): {answer:?}"))
-}
-
-/// The real `abide` binary on an ephemeral port; killed on drop.
-struct Abide {
-    child: Child,
-    addr: SocketAddr,
-    stderr: Receiver<String>,
-}
-
-impl Abide {
-    fn serve() -> Abide {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_abide"))
-            .args(["serve", "--listen", "127.0.0.1:0"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("abide starts");
-        let stderr = child.stderr.take().expect("stderr");
-        let (tx, rx) = mpsc::channel();
-        thread::spawn(move || {
-            let mut lines = std::io::BufReader::new(stderr);
-            let mut line = String::new();
-            while matches!(std::io::BufRead::read_line(&mut lines, &mut line), Ok(n) if n > 0) {
-                let _ = tx.send(std::mem::take(&mut line));
-            }
-        });
-        let mut abide = Abide {
-            child,
-            addr: SocketAddr::from(([127, 0, 0, 1], 0)),
-            stderr: rx,
-        };
-        let deadline = Instant::now() + HANG_GUARD;
-        abide.addr = loop {
-            let wait = deadline.saturating_duration_since(Instant::now());
-            let line = abide.stderr.recv_timeout(wait).expect("a startup line");
-            if let Some((_, rest)) = line.split_once("listening on http://") {
-                let addr = rest.split_whitespace().next().unwrap_or_default();
-                break addr
-                    .parse()
-                    .unwrap_or_else(|e| panic!("address in {line:?}: {e}"));
-            }
-        };
-        abide
-    }
-
-    fn signal(&self, signal: libc::c_int) {
-        // SAFETY: kill(2) with the pid of a child this test owns and has not reaped.
-        let sent = unsafe { libc::kill(self.child.id() as libc::pid_t, signal) };
-        assert_eq!(sent, 0, "kill failed");
-    }
-
-    fn wait_exit(&mut self) -> ExitStatus {
-        let mut status = None;
-        common::wait_until("abide to exit", || {
-            status = self.child.try_wait().expect("try_wait");
-            status.is_some()
-        });
-        status.expect("exited")
-    }
-}
-
-impl Drop for Abide {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }

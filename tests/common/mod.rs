@@ -290,3 +290,130 @@ pub fn isolated(name: &str, scenario: fn()) {
         tail.join("\n")
     );
 }
+
+/// The real `abide` binary; killed on drop.
+pub struct Abide {
+    pub child: std::process::Child,
+    pub addr: SocketAddr,
+    pub startup_line: String,
+    stderr: std::sync::mpsc::Receiver<String>,
+    stdout: std::sync::mpsc::Receiver<String>,
+}
+
+impl Abide {
+    pub fn spawn(args: &[&str]) -> Abide {
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_abide"))
+            .args(args)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("abide starts");
+        let stdout = lines(child.stdout.take().expect("stdout"));
+        let stderr = lines(child.stderr.take().expect("stderr"));
+        Abide {
+            child,
+            addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            startup_line: String::new(),
+            stderr,
+            stdout,
+        }
+    }
+
+    /// `abide serve --listen 127.0.0.1:0 FLAGS`, once its startup line is out.
+    pub fn serve(flags: &[&str]) -> Abide {
+        let mut args = vec!["serve", "--listen", "127.0.0.1:0"];
+        args.extend(flags);
+        let mut abide = Abide::spawn(&args);
+        let line = abide.next_line("the startup line", |l| l.contains("listening on http://"));
+        let (_, rest) = line.split_once("listening on http://").expect("matched");
+        let addr = rest.split_whitespace().next().unwrap_or_default();
+        abide.addr = addr
+            .parse()
+            .unwrap_or_else(|e| panic!("address in {line:?}: {e}"));
+        abide.startup_line = line;
+        abide
+    }
+
+    /// The next stderr line that satisfies `wanted` (skipping others).
+    pub fn next_line(&self, what: &str, wanted: impl Fn(&str) -> bool) -> String {
+        let mut lines = self.lines_until(what, |seen| seen.last().is_some_and(|l| wanted(l)));
+        lines.pop().expect("the wanted line")
+    }
+
+    /// Stderr lines read until `enough` holds for all read so far.
+    pub fn lines_until(&self, what: &str, enough: impl Fn(&[String]) -> bool) -> Vec<String> {
+        let deadline = Instant::now() + HANG_GUARD;
+        let mut seen = Vec::new();
+        while !enough(&seen) {
+            let wait = deadline.saturating_duration_since(Instant::now());
+            match self.stderr.recv_timeout(wait) {
+                Ok(line) => seen.push(line),
+                Err(e) => panic!("no {what} on stderr ({e:?}); got {seen:?}"),
+            }
+        }
+        seen
+    }
+
+    /// Every stderr line not read yet, up to the end (call after exit).
+    pub fn rest_of_stderr(&self) -> Vec<String> {
+        drain(&self.stderr)
+    }
+
+    /// Everything written to stdout (call after exit).
+    pub fn stdout_text(&self) -> String {
+        drain(&self.stdout).concat()
+    }
+
+    pub fn signal(&self, signal: libc::c_int) {
+        // SAFETY: kill(2) with the pid of a child this test owns and has not reaped.
+        let sent = unsafe { libc::kill(self.child.id() as libc::pid_t, signal) };
+        assert_eq!(sent, 0, "kill failed");
+    }
+
+    pub fn wait_exit(&mut self) -> std::process::ExitStatus {
+        let mut status = None;
+        wait_until("abide to exit", || {
+            status = self.child.try_wait().expect("try_wait");
+            status.is_some()
+        });
+        status.expect("exited")
+    }
+}
+
+impl Drop for Abide {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Lines of `reader` (each with its newline), sent as they come.
+fn lines(reader: impl Read + Send + 'static) -> std::sync::mpsc::Receiver<String> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    thread::spawn(move || {
+        let mut reader = std::io::BufReader::new(reader);
+        let mut line = String::new();
+        while matches!(std::io::BufRead::read_line(&mut reader, &mut line), Ok(n) if n > 0) {
+            if tx.send(std::mem::take(&mut line)).is_err() {
+                return;
+            }
+        }
+    });
+    rx
+}
+
+/// Everything left on `rx` until its writer has hit end of file.
+fn drain(rx: &std::sync::mpsc::Receiver<String>) -> Vec<String> {
+    let deadline = Instant::now() + HANG_GUARD;
+    let mut out = Vec::new();
+    loop {
+        match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+            Ok(line) => out.push(line),
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return out,
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                panic!("output did not end; got {out:?}")
+            }
+        }
+    }
+}
