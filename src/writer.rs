@@ -216,8 +216,10 @@ impl Writer {
                 reply: Reply::error(&err),
                 started,
             };
-            if let Err(Work::Answer { request, .. }) = self.writers.submit(fallback) {
-                discard(request);
+            if let Err(fallback) = self.writers.submit(fallback) {
+                // Not even a writer: answer here, on the caller's thread, which
+                // also finishes the connection's lane so that it cannot stick.
+                self.run(fallback, Kind::Writer);
             }
         }
     }
