@@ -779,55 +779,8 @@ fn quiet_listener_keeps_serving_its_keep_alive_connections() {
 // Helpers
 // ---------------------------------------------------------------------------
 
-/// One parsed HTTP answer.
-#[derive(Debug)]
-struct RawResp {
-    status: u16,
-    headers: Vec<(String, String)>,
-    body: String,
-}
-
-impl RawResp {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
-    }
-
-    fn json(&self) -> serde_json::Value {
-        serde_json::from_str(&self.body)
-            .unwrap_or_else(|e| panic!("body is not JSON ({e}): {self:?}"))
-    }
-
-    fn ids(&self) -> Vec<u64> {
-        assert_eq!(self.status, 200, "not a 200 poll answer: {self:?}");
-        self.json()
-            .as_array()
-            .expect("array")
-            .iter()
-            .map(|e| e["id"].as_u64().expect("integer id"))
-            .collect()
-    }
-
-    /// Asserts a JSON error answer with `status` whose message contains `word`.
-    fn assert_error(&self, status: u16, word: &str) {
-        assert_eq!(self.status, status, "{self:?}");
-        assert_eq!(
-            self.header("content-type"),
-            Some("application/json"),
-            "{self:?}"
-        );
-        let message = self.json()["error"]
-            .as_str()
-            .expect("error string")
-            .to_string();
-        assert!(
-            message.contains(word),
-            "error {message:?} does not name {word:?}"
-        );
-    }
-}
+/// A raw answer, parsed into the shared helper's response type.
+type RawResp = common::Resp;
 
 fn connect(addr: SocketAddr) -> TcpStream {
     let stream = TcpStream::connect(addr).expect("connect");
