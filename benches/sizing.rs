@@ -16,6 +16,11 @@ use std::net::{SocketAddr, TcpStream};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+/// The /proc readings the comparison benchmark uses too.
+#[allow(dead_code)]
+#[path = "compare/procfs.rs"]
+mod procfs;
+
 const DEADLINE: Duration = Duration::from_secs(60);
 
 struct Row {
@@ -86,8 +91,8 @@ fn measure(n: usize, max_waiters: usize, idle: Duration) -> Row {
     let addr = server.addr;
     // Let startup allocations settle: a first request warms the paths every poll uses.
     server.publish("warmup");
-    let kernel_before = meminfo_kib("KernelStack:");
-    let tcp_before = sockstat_tcp_mem_pages() * 4;
+    let kernel_before = procfs::meminfo_kib("KernelStack:");
+    let tcp_before = procfs::sockstat_tcp_kib();
 
     let mut polls = Vec::with_capacity(n);
     for _ in 0..n {
@@ -101,17 +106,18 @@ fn measure(n: usize, max_waiters: usize, idle: Duration) -> Row {
         server.stat("waiters") == n as u64
     });
 
-    let ticks_before = cpu_ticks(server.pid());
+    let ticks_before = procfs::cpu_ticks(server.pid());
     std::thread::sleep(idle); // the measurement itself: CPU used while nothing happens
-    let idle_ticks = cpu_ticks(server.pid()) - ticks_before;
+    let idle_ticks = procfs::cpu_ticks(server.pid()) - ticks_before;
 
-    let (rss_kib, threads) = proc_status(server.pid());
+    let sample = procfs::sample(&[server.pid()]);
+    let (rss_kib, threads) = (sample.rss_kib, sample.threads);
     let row = Row {
         waiters: n,
         rss_kib,
         threads,
-        kernel_stack_kib: meminfo_kib("KernelStack:") - kernel_before,
-        tcp_mem_kib: sockstat_tcp_mem_pages() * 4 - tcp_before,
+        kernel_stack_kib: procfs::meminfo_kib("KernelStack:") - kernel_before,
+        tcp_mem_kib: procfs::sockstat_tcp_kib() - tcp_before,
         idle_ticks,
     };
 
@@ -231,56 +237,6 @@ fn wait_until(what: &str, mut ok: impl FnMut() -> bool) {
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
         std::thread::sleep(Duration::from_millis(20));
     }
-}
-
-fn proc_status(pid: u32) -> (u64, u64) {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
-    let field = |name: &str| -> u64 {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(name))
-            .and_then(|v| v.split_whitespace().next())
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0)
-    };
-    (field("VmRSS:"), field("Threads:"))
-}
-
-fn cpu_ticks(pid: u32) -> u64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("proc stat");
-    // Fields after the command name (which may hold spaces) start at ") ".
-    let rest = stat.rsplit_once(") ").map(|(_, r)| r).unwrap_or("");
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    // utime and stime are fields 14 and 15 of the whole line: 11 and 12 here.
-    fields[11].parse::<u64>().unwrap_or(0) + fields[12].parse::<u64>().unwrap_or(0)
-}
-
-fn meminfo_kib(field: &str) -> i64 {
-    std::fs::read_to_string("/proc/meminfo")
-        .ok()
-        .and_then(|m| {
-            m.lines()
-                .find_map(|l| l.strip_prefix(field))
-                .and_then(|v| v.split_whitespace().next())
-                .and_then(|v| v.parse().ok())
-        })
-        .unwrap_or(0)
-}
-
-fn sockstat_tcp_mem_pages() -> i64 {
-    std::fs::read_to_string("/proc/net/sockstat")
-        .ok()
-        .and_then(|s| {
-            let line = s.lines().find(|l| l.starts_with("TCP:"))?.to_string();
-            let mut words = line.split_whitespace();
-            while let Some(word) = words.next() {
-                if word == "mem" {
-                    return words.next()?.parse().ok();
-                }
-            }
-            None
-        })
-        .unwrap_or(0)
 }
 
 fn machine_line() -> String {
