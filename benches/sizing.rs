@@ -8,7 +8,7 @@
 //! held with nothing happening. Then one publish answers them all, and every
 //! answer is checked. Writes a Markdown table to stdout and `target/sizing.md`.
 //!
-//! Run with `make bench` (or `cargo bench --bench sizing`). Linux only.
+//! Run with `make bench-sizing` (or `cargo bench --bench sizing`). Linux only.
 //! `SIZING_WAITERS=0,100,512` picks the rows; `SIZING_IDLE_SECS` the idle hold.
 
 use std::io::{BufRead, BufReader, Read, Write};
@@ -56,10 +56,9 @@ fn main() {
     let base = table.iter().find(|r| r.waiters == 0).map(|r| r.rss_kib);
     let mut out = String::new();
     out.push_str(&format!(
-        "Measured by `make bench` (benches/sizing.rs), abide {} release build, {}; \
+        "Measured by `make bench-sizing` (benches/sizing.rs), release build, {}; \
          server started with `--max-waiters {max_waiters}`; idle CPU over {} s with the polls held.\n\n",
-        env!("CARGO_PKG_VERSION"),
-        machine_line(),
+        procfs::machine_line(),
         idle.as_secs()
     ));
     out.push_str("| polls held | resident memory (VmRSS) | per held poll | threads | kernel stacks (delta) | TCP buffers (delta) | CPU ticks while idle |\n");
@@ -237,24 +236,4 @@ fn wait_until(what: &str, mut ok: impl FnMut() -> bool) {
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
         std::thread::sleep(Duration::from_millis(20));
     }
-}
-
-fn machine_line() -> String {
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|c| {
-            c.lines()
-                .find_map(|l| l.strip_prefix("model name"))
-                .map(|v| v.trim_start_matches([' ', '\t', ':']).to_string())
-        })
-        .unwrap_or_else(|| "unknown CPU".into());
-    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
-    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
-        .unwrap_or_default()
-        .trim()
-        .to_string();
-    format!(
-        "{cores} cores, {cpu}, Linux {kernel}, {}",
-        std::env::consts::ARCH
-    )
 }

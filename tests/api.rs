@@ -712,7 +712,7 @@ fn a_cursor_beyond_any_issued_id_is_answered_at_once_and_marked_missed() {
             .header("Last-Event-ID", MAX_SAFE_ID.to_string())
             .call()
             .expect("poll");
-        into_resp(resp)
+        common::read_resp(resp)
     });
     let resp = common::join_within(poll, "future cursor on /events");
     assert_eq!(resp.ids(), [a, b]);
@@ -1471,22 +1471,7 @@ fn send(
     } else {
         agent.run(builder.body(body.to_vec()).expect("request"))
     };
-    into_resp(result.unwrap_or_else(|e| panic!("{method} {path} failed: {e}")))
-}
-
-fn into_resp(mut response: ureq::http::Response<ureq::Body>) -> Resp {
-    let status = response.status().as_u16();
-    let headers = response
-        .headers()
-        .iter()
-        .map(|(n, v)| (n.as_str().to_string(), v.to_str().unwrap_or("").to_string()))
-        .collect();
-    let body = response.body_mut().read_to_string().unwrap_or_default();
-    Resp {
-        status,
-        headers,
-        body,
-    }
+    common::read_resp(result.unwrap_or_else(|e| panic!("{method} {path} failed: {e}")))
 }
 
 fn check_cors(origin: &str) {

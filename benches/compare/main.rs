@@ -257,7 +257,7 @@ fn main() {
         .map(|n| servers::nchan_config(n, Path::new("DIR"), 0).replace(":0;", ":PORT;"));
     let meta = Meta {
         mode: plan.mode,
-        machine: machine_line(),
+        machine: procfs::machine_line(),
         date: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
         elapsed_secs: started.elapsed().as_secs_f64(),
         nchan: nchan
@@ -427,28 +427,4 @@ fn serve_async(args: &[String]) {
         }
     }
     async_server::main(flavor, listen, buffer);
-}
-
-fn machine_line() -> String {
-    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-    let cpu = cpuinfo
-        .lines()
-        .find_map(|l| {
-            l.strip_prefix("model name")
-                .or_else(|| l.strip_prefix("Model"))
-        })
-        .map(|v| v.trim_start_matches([' ', '\t', ':']).to_string())
-        .unwrap_or_else(|| "unknown CPU".into());
-    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
-    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
-        .unwrap_or_default()
-        .trim()
-        .to_string();
-    let mem = procfs::meminfo_kib("MemTotal:") / 1024;
-    format!(
-        "{cores} cores, {cpu}, {} MiB RAM, Linux {kernel} ({}), abide {}",
-        mem,
-        std::env::consts::ARCH,
-        env!("CARGO_PKG_VERSION")
-    )
 }

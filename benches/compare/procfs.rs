@@ -182,3 +182,28 @@ pub fn breakdown(
     }
     out
 }
+
+/// The machine line of a report: cores, CPU model, memory, kernel, and abide's version.
+pub fn machine_line() -> String {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let cpu = cpuinfo
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("model name")
+                .or_else(|| l.strip_prefix("Model"))
+        })
+        .map(|v| v.trim_start_matches([' ', '\t', ':']).to_string())
+        .unwrap_or_else(|| "unknown CPU".into());
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .unwrap_or_default()
+        .trim()
+        .to_string();
+    let mem = meminfo_kib("MemTotal:") / 1024;
+    format!(
+        "{cores} cores, {cpu}, {} MiB RAM, Linux {kernel} ({}), abide {}",
+        mem,
+        std::env::consts::ARCH,
+        env!("CARGO_PKG_VERSION")
+    )
+}

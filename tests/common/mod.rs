@@ -185,7 +185,11 @@ impl Drop for TestServer {
 }
 
 fn into_resp(result: Result<ureq::http::Response<ureq::Body>, ureq::Error>) -> Resp {
-    let mut response = result.unwrap_or_else(|e| panic!("request failed: {e}"));
+    read_resp(result.unwrap_or_else(|e| panic!("request failed: {e}")))
+}
+
+/// Reads a ureq response whole (status, headers, body up to 256 MiB).
+pub fn read_resp(mut response: ureq::http::Response<ureq::Body>) -> Resp {
     let status = response.status().as_u16();
     let headers = response
         .headers()
