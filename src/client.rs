@@ -182,7 +182,7 @@ impl Client {
 
 /// Refuses a channel name the server would refuse, before asking it.
 fn check_channel(name: &str) -> Result<(), ClientError> {
-    if crate::request::valid_channel_name(name) {
+    if crate::api::request::valid_channel_name(name) {
         Ok(())
     } else {
         Err(ClientError::Invalid(format!(

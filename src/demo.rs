@@ -4,7 +4,7 @@
 //! step, no network) and the headers it goes out with. Pure; the writer thread
 //! that answers `GET /` calls it. `--no-demo` turns the route off.
 
-use crate::reply::Reply;
+use crate::api::reply::Reply;
 
 const PAGE: &str = include_str!("demo.html");
 

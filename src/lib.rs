@@ -9,26 +9,20 @@
 //! `run` serves until SIGINT/SIGTERM; `start` serves in the background and is
 //! what tests use (on port 0).
 
-pub mod channel;
+pub mod api;
 pub mod client;
 pub mod config;
 pub mod demo;
+pub mod edge;
 pub mod error;
-pub mod event;
 pub mod hub;
-pub mod pool;
-pub mod reply;
-pub mod request;
-pub mod server;
 pub mod shutdown;
-pub mod stats;
-pub mod writer;
 
 use std::io;
 
 pub use config::Config;
+pub use edge::server::{Running, start};
 pub use error::Error;
-pub use server::{Running, start};
 pub use shutdown::Shutdown;
 
 /// Serves until SIGINT or SIGTERM, then answers every pending poll and returns.

@@ -297,7 +297,7 @@ fn deeply_nested_json() {
         let resp = post(server.addr, "/channels/deep/events", very_deep.as_bytes());
         resp.assert_error(400, "JSON");
     }
-    // 64 deep (abide::request::MAX_JSON_DEPTH) is fine, and comes back intact.
+    // 64 deep (abide::api::request::MAX_JSON_DEPTH) is fine, and comes back intact.
     let arrays = format!("{}\"x\"{}", "[".repeat(64), "]".repeat(64));
     let objects = format!("{}\"x\"{}", "{\"a\":".repeat(64), "}".repeat(64));
     for (fine, step) in [
@@ -539,7 +539,7 @@ fn trap_moderately_oversized_declared_body_gets_413_at_once() {
         ..common::config()
     });
     let mut streams = Vec::new();
-    for length in [1025, 5000, 1_000_000, abide::writer::MAX_DRAIN_BYTES] {
+    for length in [1025, 5000, 1_000_000, abide::edge::writer::MAX_DRAIN_BYTES] {
         let mut stream = connect(server.addr);
         let head = format!("POST /channels/a/events HTTP/1.1\r\nContent-Length: {length}\r\n\r\n");
         stream.write_all(head.as_bytes()).unwrap();

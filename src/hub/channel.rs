@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use parking_lot::Condvar;
 
-use crate::event::Event;
+use crate::hub::event::Event;
 
 /// Identifies one waiting poll in `Channel::waiters`.
 pub type WaiterId = u64;

@@ -31,14 +31,14 @@ use parking_lot::{Condvar, Mutex};
 use socket2::{Domain, Protocol, SockRef, Socket, Type};
 use tiny_http::Request;
 
+use crate::api::reply::Reply;
+use crate::api::request::{self, Action, RouteSettings};
 use crate::config::Config;
 use crate::demo;
+use crate::edge::writer::{Work, Writer};
 use crate::error::Error;
 use crate::hub::{Hub, HubLimits, PollStart};
-use crate::reply::Reply;
-use crate::request::{self, Action, RouteSettings};
 use crate::shutdown::Shutdown;
-use crate::writer::{Work, Writer};
 
 /// Stack of a dispatch thread.
 const DISPATCH_STACK_BYTES: usize = 256 * 1024;

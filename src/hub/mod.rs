@@ -10,6 +10,10 @@
 //! Called from the dispatch thread (`begin_poll`, `delete`, `stats`), from
 //! writer threads (`publish`) and from waiter threads (`wait`).
 
+pub mod channel;
+pub mod event;
+pub mod stats;
+
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -17,11 +21,11 @@ use std::time::{Duration, Instant, SystemTime};
 
 use parking_lot::{Condvar, Mutex};
 
-use crate::channel::{Batch, Channel, WaiterId};
+use crate::api::request::PollSpec;
 use crate::error::Error;
-use crate::event::{Event, IdClock, wall_micros};
-use crate::request::PollSpec;
-use crate::stats::Stats;
+use crate::hub::channel::{Batch, Channel, WaiterId};
+use crate::hub::event::{Event, IdClock, wall_micros};
+use crate::hub::stats::Stats;
 
 /// The limits the hub enforces (from `Config`).
 #[derive(Debug, Clone)]
@@ -725,7 +729,7 @@ mod tests {
     fn a_future_cursor_gets_everything_now_marked_missed() {
         let hub = Hub::new(limits());
         let id = hub.publish("a", "1").unwrap().id;
-        match now(&hub, &spec(&["a"], crate::event::MAX_EVENT_ID, 60)) {
+        match now(&hub, &spec(&["a"], crate::hub::event::MAX_EVENT_ID, 60)) {
             Answer::Events { events, missed } => {
                 assert_eq!(events[0].id, id);
                 assert!(missed);
@@ -733,7 +737,7 @@ mod tests {
             other => panic!("{other:?}"),
         }
         assert!(matches!(
-            now(&hub, &spec(&["empty"], crate::event::MAX_EVENT_ID, 60)),
+            now(&hub, &spec(&["empty"], crate::hub::event::MAX_EVENT_ID, 60)),
             Answer::Empty { missed: true }
         ));
     }

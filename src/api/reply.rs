@@ -105,7 +105,7 @@ impl Reply {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::event::Event;
+    use crate::hub::event::Event;
     use std::time::{Instant, SystemTime};
 
     /// Poll answers are a JSON array of the stored events, marked no-store and missed when asked.

@@ -28,12 +28,12 @@ use std::time::{Duration, Instant, SystemTime};
 use parking_lot::Mutex;
 use tiny_http::{Header, ReadWrite, Request, Response, StatusCode};
 
+use crate::api::reply::{MISSED_HEADER, Reply};
+use crate::api::request;
 use crate::config::Config;
+use crate::edge::pool::Pool;
 use crate::error::Error;
 use crate::hub::{Hub, Ticket, Wake};
-use crate::pool::Pool;
-use crate::reply::{MISSED_HEADER, Reply};
-use crate::request;
 
 /// Stack of a waiter thread: it waits and writes a prepared answer.
 pub const WAITER_STACK_BYTES: usize = 64 * 1024;

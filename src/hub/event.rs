@@ -37,7 +37,7 @@ impl Event {
         stored_at: Instant,
         data_json: &str,
     ) -> Arc<Event> {
-        debug_assert!(crate::request::valid_channel_name(channel));
+        debug_assert!(crate::api::request::valid_channel_name(channel));
         let timestamp = humantime::format_rfc3339_millis(at);
         // Channel names and timestamps hold no character that JSON escapes.
         let json = format!(

@@ -1,0 +1,7 @@
+//! What a request asks for and what it gets back, as plain values.
+//!
+//! Pure: nothing here touches a socket or tiny_http, and any thread may call
+//! it. `request` routes and checks parameters; `reply` builds answers.
+
+pub mod reply;
+pub mod request;

@@ -1,0 +1,9 @@
+//! The edge: the only code that touches tiny_http and sockets.
+//!
+//! `server` owns the listener and the dispatch threads, `writer` the
+//! per-connection lanes and everything that blocks on a client, `pool` the
+//! small-stack worker threads they run on.
+
+pub mod pool;
+pub mod server;
+pub mod writer;
