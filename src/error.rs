@@ -20,6 +20,11 @@ pub enum Error {
     Gone(String),
     /// The body is larger than `--max-event-bytes` (413).
     TooLarge { limit_bytes: usize },
+    /// The request target is longer than `framing::MAX_TARGET_BYTES` (414).
+    UriTooLong { limit_bytes: usize },
+    /// The request uses something abide does not implement, such as a
+    /// transfer coding other than chunked (501).
+    NotImplemented(String),
     /// A limit is reached for now; try again after `retry_after_secs` (503).
     Busy {
         message: String,
@@ -38,6 +43,8 @@ impl Error {
             Error::BodyTimeout => 408,
             Error::Gone(_) => 410,
             Error::TooLarge { .. } => 413,
+            Error::UriTooLong { .. } => 414,
+            Error::NotImplemented(_) => 501,
             Error::Busy { .. } => 503,
             Error::Internal(_) => 500,
         }
@@ -52,15 +59,19 @@ impl Error {
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Error::BadRequest(msg) | Error::NotFound(msg) | Error::Internal(msg) => {
-                f.write_str(msg)
-            }
+            Error::BadRequest(msg)
+            | Error::NotFound(msg)
+            | Error::NotImplemented(msg)
+            | Error::Internal(msg) => f.write_str(msg),
             Error::Busy { message, .. } => f.write_str(message),
             Error::MethodNotAllowed { allow } => {
                 write!(f, "method not allowed here; allowed: {allow}")
             }
             Error::BodyTimeout => f.write_str("request body not received within --idle-timeout"),
             Error::Gone(channel) => write!(f, "channel {channel} was deleted"),
+            Error::UriTooLong { limit_bytes } => {
+                write!(f, "request target is longer than {limit_bytes} bytes")
+            }
             Error::TooLarge { limit_bytes } => {
                 write!(
                     f,

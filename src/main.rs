@@ -191,7 +191,8 @@ fn parse_args() -> Result<Cli, ExitCode> {
     let args: Vec<String> = std::env::args_os()
         .map(|a| a.to_string_lossy().into_owned())
         .collect();
-    let rest: Vec<&str> = args.iter().skip(1).map(String::as_str).collect();
+    let mut rest: Vec<&str> = args.iter().skip(1).map(String::as_str).collect();
+    stdin_argument_last(&mut rest);
     Cli::from_args(&["abide"], &rest).map_err(|EarlyExit { output, status }| match status {
         Ok(()) => {
             println!("{output}");
@@ -203,6 +204,23 @@ fn parse_args() -> Result<Cli, ExitCode> {
             ExitCode::from(2)
         }
     })
+}
+
+/// `abide publish CHANNEL -` reads the value from standard input, but argh
+/// takes a lone `-` for an unknown flag. Its last positional (the value) may
+/// follow `--`, so a lone `-` before any `--` is moved there.
+fn stdin_argument_last(args: &mut Vec<&str>) {
+    if args.first() != Some(&"publish") {
+        return;
+    }
+    let options_end = args.iter().position(|a| *a == "--").unwrap_or(args.len());
+    if let Some(i) = args[..options_end].iter().position(|a| *a == "-") {
+        args.remove(i);
+        if !args.contains(&"--") {
+            args.push("--");
+        }
+        args.push("-");
+    }
 }
 
 fn publish_command(args: Publish) -> ExitCode {

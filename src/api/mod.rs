@@ -1,7 +1,9 @@
 //! What a request asks for and what it gets back, as plain values.
 //!
 //! Pure: nothing here touches a socket or tiny_http, and any thread may call
-//! it. `request` routes and checks parameters; `reply` builds answers.
+//! it. `framing` checks a request head's framing, `request` routes and checks
+//! parameters, `reply` builds answers.
 
+pub mod framing;
 pub mod reply;
 pub mod request;

@@ -144,7 +144,7 @@ pub fn route(
                     let channels = vec![channel_name(name)?];
                     Some(Action::Poll(poll_spec(
                         channels,
-                        query,
+                        &Query::parse(query)?,
                         last_event_id_header,
                         limits,
                     )?))
@@ -156,10 +156,10 @@ pub fn route(
             ALLOW_POLL,
             match method {
                 "GET" => {
-                    let channels = channel_list(query)?;
+                    let query = Query::parse(query)?;
                     Some(Action::Poll(poll_spec(
-                        channels,
-                        query,
+                        channel_list(&query)?,
+                        &query,
                         last_event_id_header,
                         limits,
                     )?))
@@ -199,67 +199,79 @@ fn get_or_head(method: &str, action: Action) -> Option<Action> {
     matches!(method, "GET" | "HEAD").then_some(action)
 }
 
-/// Query parameters as (name, value) pairs, each name at most once.
-fn params(query: &str) -> Result<Vec<(String, String)>, Error> {
-    let mut seen: Vec<(String, String)> = Vec::new();
-    for (key, value) in form_urlencoded::parse(query.as_bytes()) {
-        if seen.iter().any(|(k, _)| *k == key) {
-            return Err(Error::BadRequest(format!(
-                "parameter {key} given more than once"
-            )));
+/// The query parameters routes read. Others are ignored without being kept,
+/// so that reading a query stays linear in its length.
+const KNOWN_PARAMS: [&str; 4] = ["channels", "last_event_id", "timeout", "limit"];
+
+/// The known parameters of a query, each given at most once.
+#[derive(Default)]
+struct Query {
+    values: [Option<String>; KNOWN_PARAMS.len()],
+}
+
+impl Query {
+    fn parse(query: &str) -> Result<Query, Error> {
+        let mut parsed = Query::default();
+        for (key, value) in form_urlencoded::parse(query.as_bytes()) {
+            let Some(i) = KNOWN_PARAMS.iter().position(|k| *k == key) else {
+                continue;
+            };
+            if parsed.values[i].is_some() {
+                return Err(Error::BadRequest(format!(
+                    "parameter {key} given more than once"
+                )));
+            }
+            parsed.values[i] = Some(value.into_owned());
         }
-        seen.push((key.into_owned(), value.into_owned()));
+        Ok(parsed)
     }
-    Ok(seen)
+
+    fn get(&self, name: &str) -> Option<&str> {
+        let i = KNOWN_PARAMS.iter().position(|k| *k == name)?;
+        self.values[i].as_deref()
+    }
 }
 
-fn param<'a>(params: &'a [(String, String)], name: &str) -> Option<&'a str> {
-    params
-        .iter()
-        .find(|(k, _)| k == name)
-        .map(|(_, v)| v.as_str())
-}
-
-fn channel_list(query: &str) -> Result<Vec<String>, Error> {
-    let params = params(query)?;
-    let list = param(&params, "channels").ok_or_else(|| {
+/// The distinct channels of `?channels=a,b`, refusing the 33rd as soon as it
+/// is read (so a long list costs no more than its first 33 names).
+fn channel_list(query: &Query) -> Result<Vec<String>, Error> {
+    let list = query.get("channels").ok_or_else(|| {
         Error::BadRequest("parameter channels is required, e.g. ?channels=a,b".into())
     })?;
     let mut channels: Vec<String> = Vec::new();
     for name in list.split(',') {
         let name = channel_name(name)?;
-        if !channels.contains(&name) {
-            channels.push(name);
+        if channels.contains(&name) {
+            continue;
         }
-    }
-    if channels.len() > MAX_POLL_CHANNELS {
-        return Err(Error::BadRequest(format!(
-            "parameter channels names {} channels; at most {MAX_POLL_CHANNELS} are allowed",
-            channels.len()
-        )));
+        if channels.len() == MAX_POLL_CHANNELS {
+            return Err(Error::BadRequest(format!(
+                "parameter channels names more than {MAX_POLL_CHANNELS} channels; at most {MAX_POLL_CHANNELS} are allowed"
+            )));
+        }
+        channels.push(name);
     }
     Ok(channels)
 }
 
 fn poll_spec(
     channels: Vec<String>,
-    query: &str,
+    query: &Query,
     last_event_id_header: Option<&str>,
     limits: RouteSettings,
 ) -> Result<PollSpec, Error> {
-    let params = params(query)?;
-    let cursor = match (param(&params, "last_event_id"), last_event_id_header) {
+    let cursor = match (query.get("last_event_id"), last_event_id_header) {
         (Some(value), _) => parse_u64("parameter last_event_id", value)?,
         (None, Some(value)) => parse_u64("header Last-Event-ID", value.trim())?,
         (None, None) => 0,
     };
-    let timeout = match param(&params, "timeout") {
+    let timeout = match query.get("timeout") {
         Some(value) => {
             Duration::from_secs(parse_u64("parameter timeout", value)?).min(limits.max_timeout)
         }
         None => limits.default_timeout,
     };
-    let limit = match param(&params, "limit") {
+    let limit = match query.get("limit") {
         Some(value) => {
             let limit = parse_u64("parameter limit", value)?;
             if !(1..=MAX_POLL_LIMIT as u64).contains(&limit) {
@@ -403,6 +415,25 @@ mod tests {
         let many: Vec<String> = (0..33).map(|i| format!("c{i}")).collect();
         let err = poll(&format!("/events?channels={}", many.join(",")), None).unwrap_err();
         assert!(err.to_string().contains("at most 32"), "{err}");
+        let repeats = format!("/events?channels={}", ["a"; 2000].join(","));
+        assert_eq!(poll(&repeats, None).unwrap().channels, ["a"]);
+    }
+
+    /// Unknown parameters are ignored however often they repeat; known ones may appear once.
+    #[test]
+    fn unknown_parameters_are_ignored_known_ones_once() {
+        let query: Vec<String> = (0..3000).map(|i| format!("x{}=1&y=2", i % 7)).collect();
+        let spec = poll(
+            &format!("/channels/a/events?{}&limit=3", query.join("&")),
+            None,
+        )
+        .unwrap();
+        assert_eq!(spec.limit, 3);
+        let err = poll("/events?channels=a&channels=b", None).unwrap_err();
+        assert!(
+            err.to_string().contains("channels given more than once"),
+            "{err}"
+        );
     }
 
     /// Each route takes its methods, others get 405 with Allow, unknown paths get 404.

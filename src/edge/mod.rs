@@ -4,6 +4,7 @@
 //! per-connection lanes and everything that blocks on a client, `pool` the
 //! small-stack worker threads they run on.
 
+pub mod connection;
 pub mod pool;
 pub mod server;
 pub mod writer;

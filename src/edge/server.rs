@@ -31,11 +31,12 @@ use parking_lot::{Condvar, Mutex};
 use socket2::{Domain, Protocol, SockRef, Socket, Type};
 use tiny_http::Request;
 
+use crate::api::framing::{self, BodyFraming};
 use crate::api::reply::Reply;
 use crate::api::request::{self, Action, RouteSettings};
 use crate::config::Config;
 use crate::demo;
-use crate::edge::writer::{Work, Writer};
+use crate::edge::writer::{Close, Work, Writer};
 use crate::error::Error;
 use crate::hub::{Hub, HubLimits, PollStart};
 use crate::shutdown::Shutdown;
@@ -102,7 +103,7 @@ pub fn start(config: Config) -> io::Result<Running> {
         max_stored_bytes: config.max_stored_bytes,
         max_waiters: config.max_waiters,
     });
-    let writer = Writer::new(&config, hub.clone());
+    let writer = Writer::new(&config, hub.clone(), addr.port());
     let quiet_period = config.max_timeout
         + config.max_timeout / 16
         + config.idle_timeout
@@ -203,7 +204,7 @@ impl Running {
         let _ = SockRef::from(&edge.listener).shutdown(std::net::Shutdown::Both);
         edge.hub.shut_down();
         for generation in edge.servers.lock().iter() {
-            generation.server.unblock();
+            let _ = generation.server.unblock();
         }
         let dispatchers = std::mem::take(&mut *edge.dispatchers.lock());
         for dispatcher in dispatchers {
@@ -227,14 +228,22 @@ impl Edge {
     /// dispatch thread; the previous one becomes old and is told so.
     fn add_generation(edge: &Arc<Edge>) -> io::Result<()> {
         let listener = edge.listener.try_clone()?;
-        let server = tiny_http::Server::from_listener(listener, None)
+        let local_addr = listener.local_addr()?;
+        let server_config = tiny_http::ServerConfig {
+            addr: tiny_http::ConfigListenAddr::IP(vec![local_addr]),
+            ssl: None,
+            // No connection threads kept idle: each generation would hold them.
+            min_threads: Some(0),
+            max_threads: None,
+        };
+        let server = tiny_http::Server::from_listener(listener, local_addr.into(), server_config)
             .map_err(|e| io::Error::other(e.to_string()))?;
         let server = Arc::new(server);
         let mut servers = edge.servers.lock();
         let number = servers.last().map_or(0, |g| g.number + 1);
         if let Some(previous) = servers.last() {
             // Its dispatch thread switches to waiting for its connections to go quiet.
-            previous.server.unblock();
+            let _ = previous.server.unblock();
         }
         servers.push(Generation {
             number,
@@ -242,7 +251,7 @@ impl Edge {
         });
         if servers.len() > MAX_LISTENER_GENERATIONS {
             let oldest = servers.remove(0);
-            oldest.server.unblock();
+            let _ = oldest.server.unblock();
         }
         drop(servers);
         let dispatcher = {
@@ -276,13 +285,16 @@ impl Edge {
         loop {
             let current = self.is_current(number);
             let next = if current {
-                server.recv().map(Some)
+                server.recv().map(|r| r.map(Some))
             } else {
                 // Old generation: serve its connections until none is left.
                 server.recv_timeout(self.quiet_period)
             };
             match next {
-                Ok(Some(request)) => {
+                // tiny_http refused a head itself (and answered it), or a
+                // connection ended between requests.
+                Ok(Err(read_error)) => self.note_read_error(&read_error),
+                Ok(Ok(Some(request))) => {
                     last_request = Instant::now();
                     if self.shutdown.is_triggered() {
                         self.refuse_for_shutdown(request);
@@ -295,10 +307,10 @@ impl Edge {
                         eprintln!("abide: a request's dispatch panicked; the request was dropped");
                     }
                 }
-                Ok(None) if self.shutdown.is_triggered() || !self.is_kept(number) => break,
+                Ok(Ok(None)) if self.shutdown.is_triggered() || !self.is_kept(number) => break,
                 // An unblock marker also reads as "nothing": only a quiet period counts.
-                Ok(None) if last_request.elapsed() < self.quiet_period => continue,
-                Ok(None) => {
+                Ok(Ok(None)) if last_request.elapsed() < self.quiet_period => continue,
+                Ok(Ok(None)) => {
                     self.retire(number);
                     break;
                 }
@@ -362,7 +374,7 @@ impl Edge {
         let until = Instant::now() + self.config.idle_timeout;
         while let Some(left) = until.checked_duration_since(Instant::now()) {
             // Errors (the accept thread's end, a leftover unblock) are not requests.
-            if let Ok(Some(request)) = server.recv_timeout(left) {
+            if let Ok(Ok(Some(request))) = server.recv_timeout(left) {
                 self.writer
                     .respond(request, Reply::error(&shutting_down()), Instant::now());
             }
@@ -374,35 +386,67 @@ impl Edge {
             request,
             reply: Reply::error(&shutting_down()),
             started: Instant::now(),
+            close: Close::No,
         });
+    }
+
+    /// A head tiny_http refused itself (it has answered `400`, `408`, `417`
+    /// or `505` and closed that connection) is counted; a connection that
+    /// simply ended between requests is not.
+    ///
+    /// tiny_http does not export its error type, only its `Display`: heads it
+    /// refused print as `[ProtocolViolation]`, `[WrongRequestLine]`,
+    /// `[WrongHeader]` or `[ExpectationFailed]`; I/O ends as `[ReadIoError]`.
+    fn note_read_error(&self, error: &impl std::fmt::Display) {
+        let text = error.to_string();
+        if !text.starts_with("[ReadIoError]") {
+            self.hub.count_malformed_request();
+        }
     }
 
     /// Routes one request and hands it to the writer. Never blocks on a client.
     fn dispatch(&self, request: Request) {
         let started = Instant::now();
-        // The declared length as sent: tiny_http keeps it as a `usize`, so on a
-        // 32-bit system a larger one reads as "no body" there.
-        let declared = header(&request, "Content-Length")
-            .filter(|_| header(&request, "Transfer-Encoding").is_none())
-            .and_then(|v| v.trim().parse::<u64>().ok());
-        if let Some(declared_bytes) = declared.filter(|d| *d > self.config.max_event_bytes as u64) {
-            let err = Error::TooLarge {
-                limit_bytes: self.config.max_event_bytes,
-            };
-            return match request.body_length() {
-                // tiny_http holds a reader of that size: refuse without dropping it.
-                Some(_) => self.writer.submit(Work::RefuseBody {
-                    request,
-                    declared_bytes,
-                    started,
-                }),
-                // tiny_http ignored the length (too large for `usize`): nothing to drain.
-                None => self.writer.submit(Work::Answer {
-                    request,
-                    reply: Reply::error(&err),
-                    started,
-                }),
-            };
+        let refuse = |request, error: Error, close| {
+            self.writer.submit(Work::Answer {
+                request,
+                reply: Reply::error(&error),
+                started,
+                close,
+            })
+        };
+        let headers = all_headers(request.headers())
+            .iter()
+            .map(|h| (h.field.as_str().as_str(), h.value.as_str()));
+        let http_1_0 = *request.http_version() <= tiny_http::HTTPVersion(1, 0);
+        let framing = match framing::check_head(request.url(), headers, http_1_0) {
+            Ok(framing) => framing,
+            Err(refusal) => {
+                if refusal.close {
+                    self.hub.count_malformed_request();
+                }
+                let close = if refusal.close { Close::Yes } else { Close::No };
+                return refuse(request, refusal.error, close);
+            }
+        };
+        let too_large = Error::TooLarge {
+            limit_bytes: self.config.max_event_bytes,
+        };
+        match framing {
+            // Refused before reading any of it (no `100 Continue`), then closed.
+            BodyFraming::Length(declared) if declared > self.config.max_event_bytes as u64 => {
+                return refuse(request, too_large, Close::Yes);
+            }
+            // tiny_http does not read an unread chunked body to its end, so
+            // only a publish may send one.
+            BodyFraming::Chunked if *request.method() != tiny_http::Method::Post => {
+                let err = Error::BadRequest(format!(
+                    "{} requests carry no body here; a chunked body is only accepted when publishing",
+                    request.method()
+                ));
+                return refuse(request, err, Close::Yes);
+            }
+            _ => {}
         }
         let settings = RouteSettings {
             default_timeout: self.config.default_timeout,
@@ -417,6 +461,8 @@ impl Edge {
             settings,
         );
         let reply = match action {
+            // A body that will not be read (the action has none) is left to
+            // tiny_http, which reads a declared length to its end.
             Err(err) => Reply::error(&err),
             Ok(Action::Publish { channel }) => {
                 return self.writer.submit(Work::Publish {
@@ -476,6 +522,7 @@ impl Edge {
             request,
             reply,
             started,
+            close: Close::No,
         })
     }
 }
@@ -488,11 +535,26 @@ fn shutting_down() -> Error {
 }
 
 fn header(request: &Request, name: &str) -> Option<String> {
-    request
-        .headers()
-        .iter()
-        .find(|h| h.field.as_str().as_str().eq_ignore_ascii_case(name))
-        .map(|h| h.value.as_str().to_string())
+    request.headers().get(name).map(|v| v.as_str().to_string())
+}
+
+/// Every header of a request, in order, repeated names included.
+///
+/// tiny_http_fork 0.12.17 offers only `Headers::get` (the first header of a
+/// name), which would hide a second `Content-Length` or `Transfer-Encoding`,
+/// exactly what request smuggling sends. Its `Headers` is declared
+/// `#[repr(transparent)] struct Headers(Vec<Header>)`, so a reference to it
+/// is a reference to that vector. The version is pinned exactly, the size
+/// check fails the build if the wrapper grows, and a unit test below fails if
+/// the layout changes in any other way.
+fn all_headers(headers: &tiny_http::Headers) -> &[tiny_http::Header] {
+    const _: () = assert!(
+        std::mem::size_of::<tiny_http::Headers>() == std::mem::size_of::<Vec<tiny_http::Header>>()
+    );
+    // SAFETY: `Headers` is `#[repr(transparent)]` over `Vec<Header>` (see
+    // above), so both have one layout; the slice borrows from `headers`.
+    let vec = unsafe { &*(headers as *const tiny_http::Headers).cast::<Vec<tiny_http::Header>>() };
+    vec.as_slice()
 }
 
 /// Works around tiny_http 0.12's connection pool losing a wake-up: when
@@ -594,7 +656,7 @@ fn watch_accept_panics(edge: &Arc<Edge>) {
                             // Its dispatch thread sees an error on the current
                             // generation and starts accepting again.
                             if let Some(g) = edge.servers.lock().last() {
-                                g.server.unblock();
+                                let _ = g.server.unblock();
                             }
                             true
                         }
@@ -607,4 +669,33 @@ fn watch_accept_panics(edge: &Arc<Edge>) {
         Mutex::new(Vec::new())
     });
     edges.lock().push(Arc::downgrade(edge));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every header is seen, in order, repeated names included (the layout `all_headers` relies on).
+    #[test]
+    fn all_headers_sees_repeated_names_in_order() {
+        let headers: tiny_http::Headers = vec![
+            tiny_http::Header::from_bytes("Content-Length", "5").unwrap(),
+            tiny_http::Header::from_bytes("Host", "x").unwrap(),
+            tiny_http::Header::from_bytes("content-length", "6").unwrap(),
+        ]
+        .into();
+        let seen: Vec<(String, String)> = all_headers(&headers)
+            .iter()
+            .map(|h| (h.field.to_string(), h.value.to_string()))
+            .collect();
+        assert_eq!(
+            seen,
+            [
+                ("Content-Length".to_string(), "5".to_string()),
+                ("Host".into(), "x".into()),
+                ("content-length".into(), "6".into()),
+            ]
+        );
+        assert_eq!(headers.get("content-length").unwrap().as_str(), "5");
+    }
 }

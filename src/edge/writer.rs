@@ -1,10 +1,10 @@
 //! Answering requests: the per-connection lanes and the two worker pools.
 //!
 //! Owns everything that may block on a client: reading a body, waiting for a
-//! poll, writing an answer, refusing an oversized body. The dispatch thread
-//! hands each request over as a `Work` through `Writer::submit`, which never
-//! blocks. Runs on the waiter pool (`Work::Wait`, one wait slot each) and the
-//! writer pool (everything else, at most `--max-writers` threads).
+//! poll, writing an answer, closing a connection after a refusal. The dispatch
+//! thread hands each request over as a `Work` through `Writer::submit`, which
+//! never blocks. Runs on the waiter pool (`Work::Wait`, one wait slot each)
+//! and the writer pool (everything else, at most `--max-writers` threads).
 //!
 //! Lanes: tiny_http writes a connection's answers strictly in order, and an
 //! answer whose predecessor is not written yet blocks its writer. So at most
@@ -15,22 +15,28 @@
 //! are discarded without writing, so a client that never reads costs one
 //! thread for one write timeout, never the whole pool.
 //!
+//! Closing: an answer with `Close::Yes` ends its connection (see `connection.rs`): the rest of its lane is discarded
+//! unexecuted, and for `CLOSED_HOLD` afterwards a request that still arrives
+//! from that peer address (parsed by tiny_http before the close took effect)
+//! is refused, never executed.
+//!
 //! Together with `server.rs`, the only module that touches tiny_http.
 
 use std::collections::{HashMap, VecDeque};
+use std::fmt::Write as _;
 use std::io::{self, Cursor, Write};
-use std::mem::ManuallyDrop;
 use std::net::SocketAddr;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant, SystemTime};
 
 use parking_lot::Mutex;
-use tiny_http::{Header, ReadWrite, Request, Response, StatusCode};
+use tiny_http::{HTTPVersion, Header, Method, Request, Response, StatusCode};
 
 use crate::api::reply::{MISSED_HEADER, Reply};
 use crate::api::request;
 use crate::config::Config;
+use crate::edge::connection::ConnectionSocket;
 use crate::edge::pool::Pool;
 use crate::error::Error;
 use crate::hub::{Hub, Ticket, Wake};
@@ -40,38 +46,28 @@ pub const WAITER_STACK_BYTES: usize = 64 * 1024;
 /// Stack of a writer thread: it also parses JSON bodies (nesting is capped at
 /// `request::MAX_JSON_DEPTH`; debug builds need the room).
 pub const WRITER_STACK_BYTES: usize = 512 * 1024;
-/// Stack of a drain thread: it only drops a refused request.
-const DRAIN_STACK_BYTES: usize = 64 * 1024;
-/// Threads that may drain refused bodies at once.
-const MAX_DRAINERS: usize = 8;
-/// A refused body declared up to this size is drained when its request is
-/// dropped (tiny_http allocates the declared size once, lazily zeroed, and
-/// reads until the client closes or the read timeout); a larger one is parked.
-pub const MAX_DRAIN_BYTES: usize = 16 * 1024 * 1024;
 /// Requests one connection may have queued behind the one being answered;
 /// beyond it the connection is treated as not reading (its lane dies).
 pub const MAX_PIPELINED_REQUESTS: usize = 64;
 /// Longest request target written to the access log.
 const LOG_TARGET_CHARS: usize = 200;
+/// After abide closes a connection, requests from its peer address that
+/// still reach dispatch for this long are refused, never executed.
+pub const CLOSED_HOLD: Duration = Duration::from_secs(10);
 
 /// Work on one request.
 pub enum Work {
-    /// Write a prepared answer.
+    /// Write a prepared answer, then keep or close the connection.
     Answer {
         request: Request,
         reply: Reply,
         started: Instant,
+        close: Close,
     },
     /// Read the body, publish, answer.
     Publish {
         request: Request,
         channel: String,
-        started: Instant,
-    },
-    /// Answer `413` to a declared body over the limit, without reading it.
-    RefuseBody {
-        request: Request,
-        declared_bytes: u64,
         started: Instant,
     },
     /// Wait for the poll's events, then answer (holds a wait slot).
@@ -82,13 +78,37 @@ pub enum Work {
     },
 }
 
+/// Whether a connection ends after an answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Close {
+    /// Keep the connection as the client asked.
+    No,
+    /// Close it after the answer: its body framing cannot be trusted, or its
+    /// body is left unread, so nothing after it is read as a request.
+    Yes,
+}
+
 impl Work {
     fn request(&self) -> &Request {
         match self {
             Work::Answer { request, .. }
             | Work::Publish { request, .. }
-            | Work::RefuseBody { request, .. }
             | Work::Wait { request, .. } => request,
+        }
+    }
+
+    /// The request and when it arrived (a wait slot is given back).
+    fn into_request(self) -> (Request, Instant) {
+        match self {
+            Work::Answer {
+                request, started, ..
+            }
+            | Work::Publish {
+                request, started, ..
+            }
+            | Work::Wait {
+                request, started, ..
+            } => (request, started),
         }
     }
 
@@ -108,8 +128,41 @@ enum Kind {
 #[derive(Default)]
 struct Lane {
     queue: VecDeque<Work>,
-    /// A write failed or the client piled up requests: discard the rest.
+    /// A write failed, the connection was closed, or the client piled up
+    /// requests: discard the rest.
     dead: bool,
+}
+
+/// The lanes of connections being answered, and the peers abide closed.
+#[derive(Default)]
+struct Lanes {
+    active: HashMap<SocketAddr, Lane>,
+    /// Peer addresses of connections abide closed, until when requests from
+    /// them are refused (`CLOSED_HOLD`).
+    closed: HashMap<SocketAddr, Instant>,
+    /// `closed` is swept of expired entries when it doubles past this size.
+    closed_sweep_at: usize,
+}
+
+impl Lanes {
+    fn is_closed(&mut self, peer: &SocketAddr, now: Instant) -> bool {
+        match self.closed.get(peer) {
+            Some(until) if now < *until => true,
+            Some(_) => {
+                self.closed.remove(peer);
+                false
+            }
+            None => false,
+        }
+    }
+
+    fn mark_closed(&mut self, peer: SocketAddr, now: Instant) {
+        self.closed.insert(peer, now + CLOSED_HOLD);
+        if self.closed.len() > self.closed_sweep_at {
+            self.closed.retain(|_, until| now < *until);
+            self.closed_sweep_at = (self.closed.len() * 2).max(64);
+        }
+    }
 }
 
 /// The answering side. One per server, shared by the dispatch threads.
@@ -119,18 +172,17 @@ pub struct Writer {
     idle_timeout: Duration,
     cors_origin: Option<String>,
     quiet: bool,
+    /// The listening port, to find a connection's socket (`connection.rs`).
+    listen_port: u16,
     waiters: Pool<Work>,
     writers: Pool<Work>,
-    drainers: Pool<Box<dyn ReadWrite + Send>>,
-    /// Connections with a request being answered (and those queued behind it).
-    lanes: Mutex<HashMap<SocketAddr, Lane>>,
-    /// Streams of refused bodies too large to drain. Deliberately never
-    /// dropped: tiny_http would allocate the declared size and abort.
-    parked: ManuallyDrop<Mutex<Vec<Box<dyn ReadWrite + Send>>>>,
+    /// Connections with a request being answered (and those queued behind
+    /// it), and the recently closed ones.
+    lanes: Mutex<Lanes>,
 }
 
 impl Writer {
-    pub fn new(config: &Config, hub: Hub) -> Arc<Writer> {
+    pub fn new(config: &Config, hub: Hub, listen_port: u16) -> Arc<Writer> {
         Arc::new_cyclic(|me: &Weak<Writer>| {
             let for_waiters = me.clone();
             let for_writers = me.clone();
@@ -140,6 +192,7 @@ impl Writer {
                 idle_timeout: config.idle_timeout,
                 cors_origin: config.cors_origin.clone(),
                 quiet: config.quiet,
+                listen_port,
                 waiters: Pool::new(
                     "abide-waiter",
                     config.max_waiters,
@@ -160,18 +213,29 @@ impl Writer {
                         }
                     },
                 ),
-                drainers: Pool::new("abide-drain", MAX_DRAINERS, DRAIN_STACK_BYTES, drop),
-                lanes: Mutex::new(HashMap::new()),
-                parked: ManuallyDrop::new(Mutex::new(Vec::new())),
+                lanes: Mutex::new(Lanes::default()),
             }
         })
     }
 
     /// Takes a request from the dispatch thread. Never blocks.
-    pub fn submit(&self, work: Work) {
+    pub fn submit(&self, mut work: Work) {
         if let Some(peer) = work.request().remote_addr().copied() {
             let mut lanes = self.lanes.lock();
-            if let Some(lane) = lanes.get_mut(&peer) {
+            if lanes.is_closed(&peer, Instant::now()) {
+                // Read from a connection abide closed (or, rarely, a new one
+                // from the same address): refused, never executed.
+                let (request, started) = work.into_request();
+                work = Work::Answer {
+                    request,
+                    reply: Reply::error(&Error::BadRequest(
+                        "this connection was closed after a refused request; open a new one".into(),
+                    )),
+                    started,
+                    close: Close::Yes,
+                };
+            }
+            if let Some(lane) = lanes.active.get_mut(&peer) {
                 // A thread is on this connection; it takes this one next.
                 if lane.queue.len() >= MAX_PIPELINED_REQUESTS {
                     lane.dead = true;
@@ -179,7 +243,7 @@ impl Writer {
                 lane.queue.push_back(work);
                 return;
             }
-            lanes.insert(peer, Lane::default());
+            lanes.active.insert(peer, Lane::default());
         }
         self.start(work);
     }
@@ -197,24 +261,12 @@ impl Writer {
                 message: "no thread could be started; retry later".into(),
                 retry_after_secs: 1,
             };
-            let (request, started) = match work {
-                Work::Answer {
-                    request, started, ..
-                }
-                | Work::Publish {
-                    request, started, ..
-                }
-                | Work::RefuseBody {
-                    request, started, ..
-                }
-                | Work::Wait {
-                    request, started, ..
-                } => (request, started),
-            };
+            let (request, started) = work.into_request();
             let fallback = Work::Answer {
                 request,
                 reply: Reply::error(&err),
                 started,
+                close: Close::No,
             };
             if let Err(fallback) = self.writers.submit(fallback) {
                 // Not even a writer: answer here, on the caller's thread, which
@@ -228,10 +280,11 @@ impl Writer {
     fn run(&self, mut work: Work, kind: Kind) {
         loop {
             let peer = work.request().remote_addr().copied();
-            let dead = peer.is_some_and(|p| self.lanes.lock().get(&p).is_some_and(|l| l.dead));
-            let written = if dead && !matches!(work, Work::RefuseBody { .. }) {
+            let dead =
+                peer.is_some_and(|p| self.lanes.lock().active.get(&p).is_some_and(|l| l.dead));
+            let (written, closed) = if dead {
                 discard_work(work);
-                false
+                (false, false)
             } else {
                 self.execute(work)
             };
@@ -240,12 +293,18 @@ impl Writer {
             };
             let next = {
                 let mut lanes = self.lanes.lock();
-                let lane = lanes.get_mut(&peer).expect("a lane outlives its work");
-                lane.dead |= !written;
+                if closed {
+                    lanes.mark_closed(peer, Instant::now());
+                }
+                let lane = lanes
+                    .active
+                    .get_mut(&peer)
+                    .expect("a lane outlives its work");
+                lane.dead |= !written || closed;
                 match lane.queue.pop_front() {
                     Some(next) => next,
                     None => {
-                        lanes.remove(&peer);
+                        lanes.active.remove(&peer);
                         return;
                     }
                 }
@@ -262,39 +321,38 @@ impl Writer {
         }
     }
 
-    /// Does one piece of work; returns whether its answer was written.
-    fn execute(&self, work: Work) -> bool {
+    /// Does one piece of work; returns whether its answer was written, and
+    /// whether its connection was closed.
+    fn execute(&self, work: Work) -> (bool, bool) {
         match work {
             Work::Answer {
                 request,
                 reply,
                 started,
-            } => self.respond(request, reply, started),
+                close,
+            } => (
+                self.answer(request, reply, started, close),
+                close != Close::No,
+            ),
             Work::Publish {
                 mut request,
                 channel,
                 started,
             } => {
                 let mut wake = None;
-                let reply = catch_unwind(AssertUnwindSafe(|| {
+                let (reply, close) = catch_unwind(AssertUnwindSafe(|| {
                     self.publish(&mut request, &channel, started, &mut wake)
                 }))
                 .unwrap_or_else(|_| {
-                    Err(Error::Internal(
-                        "publishing failed; see the server log".into(),
-                    ))
+                    let err = Error::Internal("publishing failed; see the server log".into());
+                    Err((err, Close::Yes))
                 })
-                .unwrap_or_else(|err| Reply::error(&err));
-                let written = self.respond(request, reply, started);
+                .unwrap_or_else(|(err, close)| (Reply::error(&err), close));
+                let written = self.answer(request, reply, started, close);
                 // The publisher has its answer; now the waiters run.
                 drop(wake);
-                written
+                (written, close != Close::No)
             }
-            Work::RefuseBody {
-                request,
-                declared_bytes,
-                started,
-            } => self.refuse_body(request, declared_bytes, started),
             Work::Wait {
                 request,
                 ticket,
@@ -309,11 +367,13 @@ impl Writer {
                 };
                 let written = self.respond(request, reply, started);
                 drop(ticket);
-                written
+                (written, false)
             }
         }
     }
 
+    /// Reads the body and publishes it. A refusal says whether the connection
+    /// must close (when the body was not read to its end).
     #[inline(never)]
     fn publish(
         &self,
@@ -321,74 +381,83 @@ impl Writer {
         channel: &str,
         started: Instant,
         wake: &mut Option<Wake>,
-    ) -> Result<Reply, Error> {
+    ) -> Result<(Reply, Close), (Error, Close)> {
         let body = read_body(request, self.max_event_bytes, started + self.idle_timeout)?;
-        let text = std::str::from_utf8(&body)
-            .map_err(|_| Error::BadRequest("body is not UTF-8 text; send one JSON value".into()))?;
+        let refuse = |err| (err, Close::No);
+        let text = std::str::from_utf8(&body).map_err(|_| {
+            refuse(Error::BadRequest(
+                "body is not UTF-8 text; send one JSON value".into(),
+            ))
+        })?;
         if text.trim().is_empty() {
-            return Err(Error::BadRequest(
+            return Err(refuse(Error::BadRequest(
                 "body is empty; send one JSON value".into(),
-            ));
+            )));
         }
-        request::check_json_depth(&body, request::MAX_JSON_DEPTH)?;
+        request::check_json_depth(&body, request::MAX_JSON_DEPTH).map_err(refuse)?;
         let value: serde_json::Value = serde_json::from_str(text)
-            .map_err(|e| Error::BadRequest(format!("body is not valid JSON: {e}")))?;
+            .map_err(|e| refuse(Error::BadRequest(format!("body is not valid JSON: {e}"))))?;
         let data_json = serde_json::to_string(&value).expect("a Value serializes");
-        let (event, waiters) = self.hub.publish_deferred(channel, &data_json)?;
+        let (event, waiters) = self
+            .hub
+            .publish_deferred(channel, &data_json)
+            .map_err(refuse)?;
         *wake = Some(waiters);
-        Ok(Reply::json(201, event.json.to_string()))
+        Ok((Reply::json(201, event.json.to_string()), Close::No))
     }
 
-    /// Answers `413` to a request whose declared body exceeds the limit,
-    /// without reading it, and never lets tiny_http drain a huge one.
+    /// Writes `reply`, then keeps or closes the connection.
+    fn answer(&self, request: Request, reply: Reply, started: Instant, close: Close) -> bool {
+        match close {
+            Close::No => self.respond(request, reply, started),
+            Close::Yes => self.respond_and_close(request, reply, started),
+        }
+    }
+
+    /// Writes `reply` with `Connection: close` and ends the connection, so
+    /// that nothing the client sent after this request is read as a request.
     ///
-    /// tiny_http drains an unread body when the request is dropped, into one
-    /// buffer of the declared size: a length beyond memory aborts the process.
-    /// `upgrade()` is the only public way to keep the body reader: the client
-    /// gets an interim `103` (clients skip 1xx answers) and then a complete `413` with `Connection: close`
-    /// written by us. The stream is then dropped on a drain thread when the
-    /// declared size is at most `MAX_DRAIN_BYTES` (the drop reads until the
-    /// client closes or the read timeout, and blocks no writer), and parked for
-    /// the life of the process beyond it (one blocked tiny_http thread and one
-    /// descriptor each).
+    /// tiny_http has no way to close a connection, and dropping a request
+    /// makes it read the rest of the declared body. So: find the socket
+    /// (`connection.rs`); shut it for reading, so that the unread body reads
+    /// as end of file at once; write the answer through the request's raw
+    /// writer; shut the socket down while that writer is still held, so that
+    /// tiny_http's connection thread, which then sees end of file, cannot
+    /// write anything after our answer. The answer goes out at once, before
+    /// any of a refused body is read: clients still sending it read it
+    /// (Python's `requests`, curl and Chromium do; tests pin the first two).
     #[inline(never)]
-    fn refuse_body(&self, request: Request, declared_bytes: u64, started: Instant) -> bool {
-        let err = Error::TooLarge {
-            limit_bytes: self.max_event_bytes,
-        };
+    fn respond_and_close(&self, request: Request, reply: Reply, started: Instant) -> bool {
         let method = request.method().to_string();
         let target = request.url().to_string();
         let peer = request.remote_addr().copied();
-        let mut stream = request.upgrade("abide-refused", Response::empty(103));
-        let body = err.to_json();
-        let mut head = format!(
-            "HTTP/1.1 413 Payload Too Large\r\nServer: abide/{}\r\nContent-Type: application/json\r\n\
-             Content-Length: {}\r\nConnection: close\r\n",
-            env!("CARGO_PKG_VERSION"),
-            body.len()
-        );
-        if let Some(origin) = &self.cors_origin {
-            head.push_str(&format!(
-                "Access-Control-Allow-Origin: {origin}\r\nAccess-Control-Expose-Headers: {MISSED_HEADER}, Retry-After\r\n"
-            ));
+        let socket = peer.and_then(|p| ConnectionSocket::find(self.listen_port, p));
+        if let Some(socket) = &socket {
+            socket.shut_reading();
         }
-        head.push_str("\r\n");
-        let written = stream
+        let head = self.raw_head(&reply, request.http_version());
+        let head_only =
+            *request.method() == Method::Head || matches!(reply.status, 100..=199 | 204 | 304);
+        let status = reply.status;
+        let events = reply.events;
+        let mut writer = request.into_writer();
+        let written = writer
             .write_all(head.as_bytes())
-            .and_then(|()| stream.write_all(body.as_bytes()))
-            .and_then(|()| stream.flush())
+            .and_then(|()| match head_only {
+                true => Ok(()),
+                false => writer.write_all(&reply.body),
+            })
+            .and_then(|()| writer.flush())
             .is_ok();
-        if declared_bytes <= MAX_DRAIN_BYTES as u64 {
-            if let Err(stream) = self.drainers.submit(stream) {
-                self.parked.lock().push(stream);
-                self.hub.count_parked_body();
-            }
-        } else {
-            self.parked.lock().push(stream);
-            self.hub.count_parked_body();
+        if written {
+            self.hub.count_delivered(events);
         }
-        self.log(&method, &target, peer, 413, started);
-        // The connection is closed for further requests either way.
+        if let Some(socket) = &socket {
+            socket.shut_down();
+        }
+        drop(writer);
+        self.hub.count_closed_connection();
+        self.log(&method, &target, peer, status, started);
         written
     }
 
@@ -400,36 +469,9 @@ impl Writer {
         let peer = request.remote_addr().copied();
         let status = reply.status;
         let events = reply.events;
-        let mut headers: Vec<Header> = Vec::with_capacity(reply.headers.len() + 4);
-        headers.push(make_header(
-            "Server",
-            concat!("abide/", env!("CARGO_PKG_VERSION")),
-        ));
-        for (name, value) in &reply.headers {
-            headers.push(make_header(name, value));
-        }
-        if let Some(origin) = &self.cors_origin {
-            headers.push(make_header("Access-Control-Allow-Origin", origin));
-            headers.push(make_header(
-                "Access-Control-Expose-Headers",
-                &format!("{MISSED_HEADER}, Retry-After"),
-            ));
-            if origin != "*" {
-                headers.push(make_header("Vary", "Origin"));
-            }
-        }
-        let length = reply.body.len();
-        let response = Response::new(
-            StatusCode(status),
-            headers,
-            Cursor::new(reply.body),
-            Some(length),
-            None,
-        )
-        .with_chunked_threshold(usize::MAX);
         // tiny_http reports success for a client that has gone away; the count
         // is of answers written without an error, not of answers read.
-        let written = request.respond(response).is_ok();
+        let written = request.respond(self.response(reply)).is_ok();
         if written {
             self.hub.count_delivered(events);
         }
@@ -437,6 +479,68 @@ impl Writer {
         written
     }
 
+    /// The headers every answer carries besides its own: `Server`, and the
+    /// CORS headers when `--cors-origin` is set.
+    fn common_headers(&self) -> Vec<(&'static str, String)> {
+        let mut headers = vec![(
+            "Server",
+            concat!("abide/", env!("CARGO_PKG_VERSION")).into(),
+        )];
+        if let Some(origin) = &self.cors_origin {
+            headers.push(("Access-Control-Allow-Origin", origin.clone()));
+            headers.push((
+                "Access-Control-Expose-Headers",
+                format!("{MISSED_HEADER}, Retry-After"),
+            ));
+            if origin != "*" {
+                headers.push(("Vary", "Origin".into()));
+            }
+        }
+        headers
+    }
+
+    /// The tiny_http response for `reply`, with abide's own headers.
+    fn response(&self, reply: Reply) -> Response<Cursor<Vec<u8>>> {
+        let headers: Vec<Header> = self
+            .common_headers()
+            .iter()
+            .chain(&reply.headers)
+            .map(|(name, value)| make_header(name, value))
+            .collect();
+        let length = reply.body.len();
+        Response::new(
+            StatusCode(reply.status),
+            headers.into(),
+            Cursor::new(reply.body),
+            Some(length),
+            None,
+        )
+        .with_chunked_threshold(usize::MAX)
+    }
+
+    /// The status line and headers of `reply` with `Connection: close`,
+    /// written by abide itself (tiny_http drops a `Connection` header).
+    fn raw_head(&self, reply: &Reply, version: &HTTPVersion) -> String {
+        let status = StatusCode(reply.status);
+        let minor = if *version <= HTTPVersion(1, 0) { 0 } else { 1 };
+        let mut head = format!(
+            "HTTP/1.{minor} {} {}\r\nDate: {}\r\n",
+            reply.status,
+            status.default_reason_phrase(),
+            httpdate::fmt_http_date(SystemTime::now()),
+        );
+        for (name, value) in self.common_headers().iter().chain(&reply.headers) {
+            let _ = write!(head, "{name}: {value}\r\n");
+        }
+        let _ = write!(
+            head,
+            "Content-Length: {}\r\nConnection: close\r\n\r\n",
+            reply.body.len()
+        );
+        head
+    }
+
+    /// One access log line; what the client sent is escaped (`printable`).
     fn log(
         &self,
         method: &str,
@@ -448,11 +552,12 @@ impl Writer {
         if self.quiet {
             return;
         }
-        let target: String = target.chars().take(LOG_TARGET_CHARS).collect();
         let peer = peer.map_or("-".to_string(), |p| p.to_string());
         eprintln!(
-            "{} {peer} {method} {target} {status} {:.1}ms",
+            "{} {peer} {} {} {status} {:.1}ms",
             humantime::format_rfc3339_millis(SystemTime::now()),
+            printable(method, 32),
+            printable(target, LOG_TARGET_CHARS),
             started.elapsed().as_secs_f64() * 1000.0
         );
     }
@@ -461,34 +566,51 @@ impl Writer {
     pub fn join(&self, deadline: Instant) {
         self.waiters.join(deadline);
         self.writers.join(deadline);
-        self.drainers.join(deadline);
     }
+}
+
+/// At most `max_chars` of `text` for a log line: control characters,
+/// backslashes and anything outside printable ASCII become `\xNN` escapes,
+/// so a client cannot forge or break a line.
+fn printable(text: &str, max_chars: usize) -> String {
+    let mut out = String::with_capacity(text.len().min(max_chars));
+    for c in text.chars().take(max_chars) {
+        if c == ' ' || (c.is_ascii_graphic() && c != '\\') {
+            out.push(c);
+        } else {
+            for b in c.to_string().bytes() {
+                let _ = write!(out, "\\x{b:02x}");
+            }
+        }
+    }
+    if text.chars().nth(max_chars).is_some() {
+        out.push_str("...");
+    }
+    out
 }
 
 /// Lets go of a request without writing anything: its turn in the
 /// connection's answer order passes at once. For connections that stopped
-/// reading, where every write would wait for `--write-timeout`.
+/// reading, where every write would wait for `--write-timeout`, and for those
+/// abide closed.
 fn discard(request: Request) {
     drop(request.into_writer());
 }
 
-/// Discards queued work of a dead connection (never a `RefuseBody`: dropping
-/// that request would make tiny_http drain its declared size).
+/// Discards queued work of a dead connection (a wait slot is given back).
 fn discard_work(work: Work) {
-    match work {
-        Work::Answer { request, .. } | Work::Publish { request, .. } => discard(request),
-        Work::RefuseBody { .. } => unreachable!("refusals are always executed"),
-        Work::Wait {
-            request, ticket, ..
-        } => {
-            discard(request);
-            drop(ticket);
-        }
-    }
+    let (request, _) = work.into_request();
+    discard(request);
 }
 
-/// Reads the whole body, refusing more than `max_bytes` and giving up at `deadline`.
-fn read_body(request: &mut Request, max_bytes: usize, deadline: Instant) -> Result<Vec<u8>, Error> {
+/// Reads the whole body, refusing more than `max_bytes` and giving up at
+/// `deadline`. A refusal closes the connection (its body is not read to the
+/// end).
+fn read_body(
+    request: &mut Request,
+    max_bytes: usize,
+    deadline: Instant,
+) -> Result<Vec<u8>, (Error, Close)> {
     let declared = request.body_length().unwrap_or(0);
     let mut body = Vec::with_capacity(declared.min(max_bytes));
     // Read into the heap, not a stack buffer: a large stack frame is probed
@@ -505,21 +627,25 @@ fn read_body(request: &mut Request, max_bytes: usize, deadline: Instant) -> Resu
                     io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
                 ) =>
             {
-                return Err(Error::BodyTimeout);
+                return Err((Error::BodyTimeout, Close::Yes));
             }
-            Err(e) => return Err(Error::BadRequest(format!("could not read the body: {e}"))),
+            Err(e) => {
+                let err = Error::BadRequest(format!("could not read the body: {e}"));
+                return Err((err, Close::Yes));
+            }
         };
         if n == 0 {
             return Ok(body);
         }
         if body.len() + n > max_bytes {
-            return Err(Error::TooLarge {
+            let err = Error::TooLarge {
                 limit_bytes: max_bytes,
-            });
+            };
+            return Err((err, Close::Yes));
         }
         body.extend_from_slice(&chunk[..n]);
         if Instant::now() > deadline {
-            return Err(Error::BodyTimeout);
+            return Err((Error::BodyTimeout, Close::Yes));
         }
     }
 }

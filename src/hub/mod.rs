@@ -59,7 +59,8 @@ struct Counters {
     polls_timed_out: AtomicU64,
     polls_rejected: AtomicU64,
     accept_errors: AtomicU64,
-    bodies_parked: AtomicU64,
+    connections_closed: AtomicU64,
+    requests_malformed: AtomicU64,
 }
 
 /// Everything behind the lock.
@@ -410,9 +411,20 @@ impl Hub {
         self.shared.counters.accept_errors.fetch_add(1, Relaxed);
     }
 
-    /// Counts a connection parked because its declared body could not be drained.
-    pub fn count_parked_body(&self) {
-        self.shared.counters.bodies_parked.fetch_add(1, Relaxed);
+    /// Counts a connection abide closed after refusing one of its requests.
+    pub fn count_closed_connection(&self) {
+        self.shared
+            .counters
+            .connections_closed
+            .fetch_add(1, Relaxed);
+    }
+
+    /// Counts a request head refused as malformed (by tiny_http or abide).
+    pub fn count_malformed_request(&self) {
+        self.shared
+            .counters
+            .requests_malformed
+            .fetch_add(1, Relaxed);
     }
 
     pub fn max_waiters(&self) -> usize {
@@ -449,7 +461,8 @@ impl Hub {
             polls_timed_out: c.polls_timed_out.load(Relaxed),
             polls_rejected: c.polls_rejected.load(Relaxed),
             accept_errors: c.accept_errors.load(Relaxed),
-            bodies_parked: c.bodies_parked.load(Relaxed),
+            connections_closed: c.connections_closed.load(Relaxed),
+            requests_malformed: c.requests_malformed.load(Relaxed),
             uptime_seconds: self.shared.started.elapsed().as_secs(),
             threads: None,
             resident_bytes: None,

@@ -30,8 +30,11 @@ pub struct Stats {
     pub polls_rejected: u64,
     /// Failed `accept` calls (each restarts the listener).
     pub accept_errors: u64,
-    /// Connections kept open because their declared body was too large to drain.
-    pub bodies_parked: u64,
+    /// Connections abide closed after refusing a request on them (untrusted
+    /// framing, an oversized or stalled body).
+    pub connections_closed: u64,
+    /// Request heads refused as malformed, by tiny_http or by abide.
+    pub requests_malformed: u64,
     pub uptime_seconds: u64,
     /// Threads of the process (Linux only).
     pub threads: Option<u64>,
@@ -137,10 +140,16 @@ impl Stats {
             Some(self.accept_errors),
         );
         metric(
-            "bodies_parked_total",
+            "connections_closed_total",
             "counter",
-            "Connections parked for an undrainable declared body.",
-            Some(self.bodies_parked),
+            "Connections closed after a refused request.",
+            Some(self.connections_closed),
+        );
+        metric(
+            "requests_malformed_total",
+            "counter",
+            "Request heads refused as malformed.",
+            Some(self.requests_malformed),
         );
         metric(
             "uptime_seconds",
