@@ -9,20 +9,19 @@
 //! `run` serves until SIGINT/SIGTERM; `start` serves in the background and is
 //! what tests use (on port 0).
 
-pub mod api;
+mod api;
 pub mod client;
-pub mod config;
-pub mod demo;
-pub mod edge;
-pub mod error;
-pub mod hub;
-pub mod shutdown;
+mod config;
+mod demo;
+mod edge;
+mod error;
+mod hub;
+mod shutdown;
 
 use std::io;
 
-pub use config::Config;
+pub use config::{Config, ConfigError};
 pub use edge::server::{Running, start};
-pub use error::Error;
 pub use shutdown::Shutdown;
 
 /// Serves until SIGINT or SIGTERM, then answers every pending poll and returns.

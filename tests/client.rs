@@ -293,16 +293,25 @@ fn publish_from_the_shell() {
     assert_eq!(event["data"]["celsius"], 21.5);
     assert_eq!(event["channel"], "kitchen");
 
-    let mut child = abide(&["publish", "--url", &url, "kitchen"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child.stdin.take().unwrap().write_all(b"[1, 2]").unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert_eq!(out.status.code(), Some(0), "{out:?}");
-    let event: Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(event["data"], serde_json::json!([1, 2]));
+    // Standard input when the value is absent or `-` (regression: a lone `-`
+    // used to be refused as an unknown flag), before or after other flags.
+    for args in [
+        &["publish", "--url", &url, "kitchen"][..],
+        &["publish", "--url", &url, "kitchen", "-"],
+        &["publish", "kitchen", "-", "--url", &url],
+    ] {
+        let mut child = abide(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child.stdin.take().unwrap().write_all(b"[1, 2]").unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert_eq!(out.status.code(), Some(0), "{args:?}: {out:?}");
+        let event: Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(event["data"], serde_json::json!([1, 2]));
+    }
 
     let out = abide(&["publish", "--url", &url, "kitchen", "{oops"])
         .output()

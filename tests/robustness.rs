@@ -874,7 +874,7 @@ fn read_response(stream: &mut TcpStream) -> Option<RawResp> {
     let mut buf = Vec::new();
     let mut chunk = [0u8; 8192];
     loop {
-        if let Some(resp) = complete_response(&buf) {
+        if let Some(resp) = common::complete_response(&buf) {
             return Some(resp);
         }
         if Instant::now() > deadline {
@@ -889,42 +889,6 @@ fn read_response(stream: &mut TcpStream) -> Option<RawResp> {
     }
 }
 
-/// The first final answer in `buf`, once it is complete (by Content-Length).
-fn complete_response(buf: &[u8]) -> Option<RawResp> {
-    let mut rest = buf;
-    loop {
-        let end = rest.windows(4).position(|w| w == b"\r\n\r\n")?;
-        let head = String::from_utf8_lossy(&rest[..end]).into_owned();
-        let mut lines = head.split("\r\n");
-        let status_line = lines.next()?;
-        let status: u16 = status_line.split(' ').nth(1)?.parse().ok()?;
-        let headers: Vec<(String, String)> = lines
-            .filter_map(|l| l.split_once(':'))
-            .map(|(n, v)| (n.trim().to_string(), v.trim().to_string()))
-            .collect();
-        let length: usize = headers
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case("content-length"))
-            .and_then(|(_, v)| v.parse().ok())
-            .unwrap_or(0);
-        let body_start = end + 4;
-        if (100..200).contains(&status) {
-            rest = &rest[body_start..];
-            continue;
-        }
-        if rest.len() < body_start + length {
-            return None;
-        }
-        let body = String::from_utf8_lossy(&rest[body_start..body_start + length]).into_owned();
-        return Some(RawResp {
-            status,
-            headers,
-            body,
-        });
-    }
-}
-
-/// Parses the first final answer of a complete raw exchange.
 fn parse_response(raw: &str) -> RawResp {
-    complete_response(raw.as_bytes()).unwrap_or_else(|| panic!("no complete answer in {raw:?}"))
+    common::parse_raw(raw)
 }

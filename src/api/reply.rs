@@ -94,6 +94,7 @@ impl Reply {
         reply
     }
 
+    #[cfg(test)]
     pub fn header(&self, name: &str) -> Option<&str> {
         self.headers
             .iter()

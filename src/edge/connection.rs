@@ -14,7 +14,6 @@
 use std::io;
 use std::net::{Shutdown, SocketAddr};
 use std::os::fd::{FromRawFd, OwnedFd, RawFd};
-use std::time::Duration;
 
 use socket2::{SockAddr, SockRef};
 
@@ -70,11 +69,6 @@ impl ConnectionSocket {
     pub fn shut_down(&self) {
         let _ = SockRef::from(&self.fd).shutdown(Shutdown::Both);
     }
-
-    /// Bounds each read on this connection (also tiny_http's own).
-    pub fn set_read_timeout(&self, timeout: Duration) -> io::Result<()> {
-        SockRef::from(&self.fd).set_read_timeout(Some(timeout.max(Duration::from_millis(1))))
-    }
 }
 
 /// The peer address of descriptor `fd`, if it is a connected IP socket.
@@ -98,6 +92,7 @@ mod tests {
     use super::*;
     use std::io::Read;
     use std::net::{TcpListener, TcpStream};
+    use std::time::Duration;
 
     /// The accepted socket is found by its peer address, and shutting it down ends the client's reads.
     #[test]

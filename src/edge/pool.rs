@@ -123,6 +123,7 @@ impl<J: Send + 'static> Pool<J> {
     }
 
     /// Threads alive now.
+    #[cfg(test)]
     pub fn threads(&self) -> usize {
         *self.live.count.lock()
     }

@@ -187,10 +187,6 @@ impl Running {
         self.edge.shutdown.clone()
     }
 
-    pub fn hub(&self) -> &Hub {
-        &self.edge.hub
-    }
-
     /// Blocks until shutdown is triggered, then stops: stops listening,
     /// answers every waiting poll `204`, and joins the threads it started
     /// (giving them `SHUTDOWN_GRACE` to finish their answers). Connections

@@ -88,10 +88,6 @@ impl Channel {
         self.events.len()
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.events.is_empty()
-    }
-
     /// Holds nothing and nobody waits: the hub removes such a channel.
     pub fn is_idle(&self) -> bool {
         self.events.is_empty() && self.waiters.is_empty()

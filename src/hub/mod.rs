@@ -162,7 +162,8 @@ impl Hub {
     }
 
     /// Stores one event and wakes the channel's waiters; `data_json` is the
-    /// published value as compact JSON.
+    /// published value as compact JSON. (Writers use `publish_deferred`.)
+    #[cfg(test)]
     pub fn publish(&self, channel: &str, data_json: &str) -> Result<Arc<Event>, Error> {
         self.publish_deferred(channel, data_json)
             .map(|(event, _wake)| event)
@@ -425,10 +426,6 @@ impl Hub {
             .counters
             .requests_malformed
             .fetch_add(1, Relaxed);
-    }
-
-    pub fn max_waiters(&self) -> usize {
-        self.shared.limits.max_waiters
     }
 
     pub fn stats(&self) -> Stats {

@@ -248,6 +248,56 @@ pub fn read_until_close(stream: &mut TcpStream) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// The first final answer in `buf`, once it is complete (by Content-Length).
+pub fn complete_response(buf: &[u8]) -> Option<Resp> {
+    let mut rest = buf;
+    loop {
+        let end = rest.windows(4).position(|w| w == b"\r\n\r\n")?;
+        let head = String::from_utf8_lossy(&rest[..end]).into_owned();
+        let mut lines = head.split("\r\n");
+        let status_line = lines.next()?;
+        let status: u16 = status_line.split(' ').nth(1)?.parse().ok()?;
+        let headers: Vec<(String, String)> = lines
+            .filter_map(|l| l.split_once(':'))
+            .map(|(n, v)| (n.trim().to_string(), v.trim().to_string()))
+            .collect();
+        let length: usize = headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case("content-length"))
+            .and_then(|(_, v)| v.parse().ok())
+            .unwrap_or(0);
+        let body_start = end + 4;
+        if (100..200).contains(&status) {
+            rest = &rest[body_start..];
+            continue;
+        }
+        if rest.len() < body_start + length {
+            return None;
+        }
+        let body = String::from_utf8_lossy(&rest[body_start..body_start + length]).into_owned();
+        return Some(Resp {
+            status,
+            headers,
+            body,
+        });
+    }
+}
+
+/// Parses the first final answer of a complete raw exchange.
+pub fn parse_raw(raw: &str) -> Resp {
+    complete_response(raw.as_bytes()).unwrap_or_else(|| panic!("no complete answer in {raw:?}"))
+}
+
+/// Publishes `"mark"` on `channel` over a raw connection; returns the id.
+pub fn publish_raw(addr: SocketAddr, channel: &str) -> u64 {
+    let request = format!(
+        "POST /channels/{channel}/events HTTP/1.1\r\nHost: x\r\nContent-Length: 6\r\nConnection: close\r\n\r\n\"mark\""
+    );
+    let resp = parse_raw(&raw(addr, request.as_bytes(), HANG_GUARD));
+    assert_eq!(resp.status, 201, "{resp:?}");
+    resp.json()["id"].as_u64().expect("id")
+}
+
 /// The status code of the first final (non-1xx) response in raw text.
 pub fn final_status(raw: &str) -> Option<u16> {
     raw.split("HTTP/1.")
