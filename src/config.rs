@@ -8,8 +8,8 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-/// The largest `--max-event-bytes` accepted. A declared body up to this size is
-/// drained by tiny_http when it is not read (see `server.rs`), so it must stay small.
+/// The largest `--max-event-bytes` accepted: an event body is read whole into
+/// memory (and stored), so one must stay small beside a Pi's RAM.
 pub const MAX_EVENT_BYTES_LIMIT: usize = 16 * 1024 * 1024;
 
 /// Everything `run` needs. Build it with `Config::default()` and change fields.

@@ -1,8 +1,8 @@
 //! The demo page served at `/`: a live chat room and a panel of `/stats`.
 //!
 //! Owns the page (compiled into the binary from `demo.html`: no CDN, no build
-//! step, no network) and the headers it goes out with. Pure; the writer thread
-//! that answers `GET /` calls it. `--no-demo` turns the route off.
+//! step, no network) and the headers it goes out with. Pure; the dispatch
+//! thread calls it for `GET /`. `--no-demo` turns the route off.
 
 use crate::api::reply::Reply;
 

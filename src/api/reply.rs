@@ -1,8 +1,8 @@
 //! HTTP answers as plain values, before they meet a socket.
 //!
 //! Owns `Reply` (status, headers, body) and how each outcome becomes one:
-//! poll answers, errors, JSON documents. Pure: `server.rs` turns a `Reply`
-//! into a tiny_http response on the thread that writes it.
+//! poll answers, errors, JSON documents. Pure: `edge/writer.rs` turns a
+//! `Reply` into a tiny_http response on the pool thread that writes it.
 
 use crate::error::Error;
 use crate::hub::Answer;

@@ -3,12 +3,13 @@
 //! Owns the listener (socket2; read and write timeouts set on the listening
 //! socket are inherited by every accepted connection), the tiny_http
 //! `Server`s on it, their dispatch threads, the kicker thread, and the stop
-//! sequence. A dispatch thread calls `recv()`, routes, asks the hub, and hands
-//! every request to `Writer::submit`; it never reads a body and never writes
-//! an answer, so no client can stall it. Together with `writer.rs`, the only
-//! module that touches tiny_http.
+//! sequence. A dispatch thread calls `recv()`, checks the head's framing
+//! (`api::framing`), routes, asks the hub, and hands every request to
+//! `Writer::submit`; it never reads a body and never writes an answer, so no
+//! client can stall it. Together with `writer.rs` and `connection.rs`, the
+//! only code that touches tiny_http (the fork, `tiny_http_fork` 0.12.17).
 //!
-//! tiny_http 0.12 traps handled here (see ARCHITECTURE.md):
+//! tiny_http traps handled here (see ARCHITECTURE.md):
 //! - its accept thread ends at the first accept error, and also when accept
 //!   times out (the listening socket carries `SO_RCVTIMEO`), or panics when
 //!   it runs out of descriptors: each time a new `Server` generation starts on
@@ -17,7 +18,9 @@
 //! - its connection thread pool can lose a wake-up and leave a new connection
 //!   unread until another connection ends: the kicker opens and closes a
 //!   connection to ourselves after requests arrive, which frees such a
-//!   connection.
+//!   connection;
+//! - its `Headers` shows only the first header of a name: `all_headers`
+//!   reads every one, so a repeated `Content-Length` cannot hide.
 
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream};
@@ -553,7 +556,7 @@ fn all_headers(headers: &tiny_http::Headers) -> &[tiny_http::Header] {
     vec.as_slice()
 }
 
-/// Works around tiny_http 0.12's connection pool losing a wake-up: when
+/// Works around tiny_http's connection pool losing a wake-up: when
 /// connections arrive in a burst, one can be queued with no thread to take it
 /// until another connection ends. A connection that opens and closes at once
 /// gets a fresh thread when none is idle; that thread finishes it at once and

@@ -2,7 +2,7 @@
 //!
 //! Owns `Event` (immutable once built; shared as `Arc<Event>` between a
 //! channel's ring and the answers that carry it) and `IdClock`, the sequence
-//! that gives every event its id. Pure: no I/O, no threads; `hub.rs` calls it
+//! that gives every event its id. Pure: no I/O, no threads; `hub/mod.rs` calls it
 //! with the state lock held, so it must stay cheap.
 //!
 //! Ids are wall-clock microseconds, bumped to stay strictly increasing: a new

@@ -7,8 +7,9 @@
 //! the lock while notifying: publishers collect the condvars of the channels
 //! they touched, release the lock, then wake exactly those waiters.
 //!
-//! Called from the dispatch thread (`begin_poll`, `delete`, `stats`), from
-//! writer threads (`publish`) and from waiter threads (`wait`).
+//! Called from the dispatch thread (`begin_poll`, `channel_info`, `delete`,
+//! `stats`), from writer threads (`publish_deferred`) and from waiter threads
+//! (`wait`).
 
 pub mod channel;
 pub mod event;
@@ -368,14 +369,19 @@ impl Hub {
         }
     }
 
-    /// The `GET /channels/{name}` figures, or `None` for an unknown channel.
-    pub fn channel_info(&self, channel: &str) -> Option<serde_json::Value> {
-        let mut st = self.shared.state.lock();
+    /// Drops events past `--event-ttl` (and counts them), under the lock.
+    fn expire(&self, st: &mut State) {
         let dropped = st.expire(Instant::now(), &self.shared.limits);
         self.shared
             .counters
             .events_dropped
             .fetch_add(dropped as u64, Relaxed);
+    }
+
+    /// The `GET /channels/{name}` figures, or `None` for an unknown channel.
+    pub fn channel_info(&self, channel: &str) -> Option<serde_json::Value> {
+        let mut st = self.shared.state.lock();
+        self.expire(&mut st);
         let ch = st.channels.get(channel)?;
         Some(serde_json::json!({
             "channel": channel,
@@ -431,11 +437,7 @@ impl Hub {
     pub fn stats(&self) -> Stats {
         let (waiters, peak_waiters, channels, events_stored, stored_bytes) = {
             let mut st = self.shared.state.lock();
-            let dropped = st.expire(Instant::now(), &self.shared.limits);
-            self.shared
-                .counters
-                .events_dropped
-                .fetch_add(dropped as u64, Relaxed);
+            self.expire(&mut st);
             (
                 st.waiters,
                 st.peak_waiters,

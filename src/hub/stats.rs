@@ -2,7 +2,8 @@
 //!
 //! Owns `Stats` and its two renderings, plus a reading of the process's own
 //! thread count and resident memory from `/proc/self/status` (Linux; absent
-//! elsewhere). Called on the writer thread that answers the request.
+//! elsewhere). Called on the dispatch thread, which builds the answer to
+//! `/stats` and `/metrics` (a writer thread then writes it).
 
 use std::fmt::Write as _;
 
