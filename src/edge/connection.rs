@@ -7,15 +7,39 @@
 //! finds the socket among the process's descriptors by its two addresses
 //! (listening port and peer address: unique among live TCP connections),
 //! duplicates it, and shuts it down; tiny_http's connection thread then sees
-//! end of file and closes its descriptors. Runs on writer threads, never on
-//! the dispatch thread: one lookup reads `/proc/self/fd` and asks each
-//! descriptor for its peer (about a microsecond each).
+//! end of file and closes its descriptors.
+//!
+//! A search asks every open descriptor for its peer (about 0.5 µs each, so
+//! 4 ms with 8,000 descriptors open). So that refused requests cannot turn
+//! into CPU for whoever sends them, searches run on one thread, the finder:
+//! one pass over the descriptor table serves every search asked for since the
+//! last one, and after a pass that took `d` the next starts no sooner than
+//! `PASS_REST_FACTOR × d` later, so passes take at most a tenth of one core
+//! however many refusals arrive (and cost nothing noticeable when few
+//! descriptors are open). Writer threads ask and wait for the answer
+//! (`SocketFinder::find`); the finder blocks on its channel when idle.
 
+use std::collections::HashMap;
 use std::io;
 use std::net::{Shutdown, SocketAddr};
 use std::os::fd::{FromRawFd, OwnedFd, RawFd};
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
 
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+use parking_lot::Mutex;
 use socket2::{SockAddr, SockRef};
+
+/// After a pass over the descriptor table that took `d`, the finder rests
+/// `PASS_REST_FACTOR × d` before the next (a tenth of one core at most).
+pub const PASS_REST_FACTOR: u32 = 9;
+/// A writer waits this long at most for its search.
+const FIND_TIMEOUT: Duration = Duration::from_secs(5);
+/// Searches waiting for the next pass; beyond it a search finds nothing (its
+/// connection is then left to tiny_http and the socket timeouts).
+const MAX_WAITING_SEARCHES: usize = 4096;
+/// Stack of the finder thread.
+const FINDER_STACK_BYTES: usize = 64 * 1024;
 
 /// Our own descriptor for a client connection's socket.
 pub struct ConnectionSocket {
@@ -23,41 +47,6 @@ pub struct ConnectionSocket {
 }
 
 impl ConnectionSocket {
-    /// The socket accepted on `listen_port` whose peer is `peer`, if it is
-    /// still open.
-    pub fn find(listen_port: u16, peer: SocketAddr) -> Option<ConnectionSocket> {
-        let entries = std::fs::read_dir("/proc/self/fd").ok()?;
-        for entry in entries.flatten() {
-            let Some(fd) = entry
-                .file_name()
-                .to_str()
-                .and_then(|n| n.parse::<RawFd>().ok())
-            else {
-                continue;
-            };
-            if peer_of(fd) != Some(peer) {
-                continue;
-            }
-            // Our own duplicate: from here on the descriptor cannot be closed
-            // and reused under us, so check it again through the duplicate.
-            // SAFETY: F_DUPFD_CLOEXEC only reads `fd` (any integer is safe to
-            // pass); on success it returns a new descriptor that we own.
-            let dup = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 0) };
-            if dup < 0 {
-                continue;
-            }
-            // SAFETY: `dup` was just returned by fcntl and nothing else owns it.
-            let owned = unsafe { OwnedFd::from_raw_fd(dup) };
-            let sock = SockRef::from(&owned);
-            let local_port = sock.local_addr().ok().and_then(|a| a.as_socket());
-            let same_peer = sock.peer_addr().ok().and_then(|a| a.as_socket()) == Some(peer);
-            if same_peer && local_port.is_some_and(|a| a.port() == listen_port) {
-                return Some(ConnectionSocket { fd: owned });
-            }
-        }
-        None
-    }
-
     /// Reads return end of file once what has arrived is read; answers can
     /// still be written.
     pub fn shut_reading(&self) {
@@ -69,6 +58,146 @@ impl ConnectionSocket {
     pub fn shut_down(&self) {
         let _ = SockRef::from(&self.fd).shutdown(Shutdown::Both);
     }
+}
+
+/// One search: the peer, and where its answer goes.
+struct Search {
+    peer: SocketAddr,
+    answer: Sender<Option<ConnectionSocket>>,
+}
+
+/// The finder thread and the channel that feeds it.
+pub struct SocketFinder {
+    searches: Sender<Search>,
+    thread: Mutex<Option<JoinHandle<()>>>,
+    stop: Sender<()>,
+}
+
+impl SocketFinder {
+    /// Starts the finder for sockets accepted on `listen_port`.
+    pub fn start(listen_port: u16) -> io::Result<SocketFinder> {
+        let (searches, queue) = crossbeam_channel::bounded(MAX_WAITING_SEARCHES);
+        let (stop, stopped) = crossbeam_channel::bounded(1);
+        let thread = thread::Builder::new()
+            .name("abide-finder".into())
+            .stack_size(FINDER_STACK_BYTES)
+            .spawn(move || run_finder(listen_port, &queue, &stopped))?;
+        Ok(SocketFinder {
+            searches,
+            thread: Mutex::new(Some(thread)),
+            stop,
+        })
+    }
+
+    /// The socket whose peer is `peer`, if it is still open. Blocks until
+    /// the finder's next pass (at most ten passes' time).
+    pub fn find(&self, peer: SocketAddr) -> Option<ConnectionSocket> {
+        let (answer, found) = crossbeam_channel::bounded(1);
+        self.searches.try_send(Search { peer, answer }).ok()?;
+        found.recv_timeout(FIND_TIMEOUT).ok().flatten()
+    }
+
+    /// Ends the finder thread (searches asked afterwards find nothing).
+    pub fn stop(&self) {
+        let _ = self.stop.try_send(());
+        if let Some(thread) = self.thread.lock().take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// The finder thread: waits for searches, then serves every waiting one with
+/// a single pass, resting between passes (`PASS_REST_FACTOR`).
+fn run_finder(listen_port: u16, queue: &Receiver<Search>, stopped: &Receiver<()>) {
+    let mut not_before = Instant::now();
+    loop {
+        let first = crossbeam_channel::select! {
+            recv(queue) -> search => match search {
+                Ok(search) => search,
+                Err(_) => return,
+            },
+            recv(stopped) -> _ => return,
+        };
+        let mut waiting: HashMap<SocketAddr, Vec<Sender<Option<ConnectionSocket>>>> =
+            HashMap::new();
+        waiting.entry(first.peer).or_default().push(first.answer);
+        // Searches that arrive before the next pass may start join this one.
+        loop {
+            match queue.recv_deadline(not_before) {
+                Ok(search) => waiting.entry(search.peer).or_default().push(search.answer),
+                Err(RecvTimeoutError::Timeout) => break,
+                Err(RecvTimeoutError::Disconnected) => return,
+            }
+        }
+        let started = Instant::now();
+        let found = pass(listen_port, &waiting);
+        not_before = Instant::now() + started.elapsed() * PASS_REST_FACTOR;
+        for (peer, socket) in found {
+            if let Some(answers) = waiting.remove(&peer) {
+                answer_all(answers, Some(socket));
+            }
+        }
+        for (_, answers) in waiting.drain() {
+            answer_all(answers, None);
+        }
+    }
+}
+
+/// Gives `socket` to the first asker (a peer is rarely asked for twice at
+/// once; the others find nothing, and their connection is closed already).
+fn answer_all(answers: Vec<Sender<Option<ConnectionSocket>>>, socket: Option<ConnectionSocket>) {
+    let mut socket = socket;
+    for answer in answers {
+        let _ = answer.try_send(socket.take());
+    }
+}
+
+/// One pass over the descriptor table: the sockets accepted on
+/// `listen_port` whose peers are wanted.
+fn pass<T>(
+    listen_port: u16,
+    wanted: &HashMap<SocketAddr, T>,
+) -> Vec<(SocketAddr, ConnectionSocket)> {
+    let mut found = Vec::new();
+    for fd in 0..descriptor_table_size() {
+        let Some(peer) = peer_of(fd) else {
+            continue;
+        };
+        if !wanted.contains_key(&peer) || found.iter().any(|(p, _)| *p == peer) {
+            continue;
+        }
+        // Our own duplicate: from here on the descriptor cannot be closed
+        // and reused under us, so check it again through the duplicate.
+        // SAFETY: F_DUPFD_CLOEXEC only reads `fd` (any integer is safe to
+        // pass); on success it returns a new descriptor that we own.
+        let dup = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 0) };
+        if dup < 0 {
+            continue;
+        }
+        // SAFETY: `dup` was just returned by fcntl and nothing else owns it.
+        let owned = unsafe { OwnedFd::from_raw_fd(dup) };
+        let sock = SockRef::from(&owned);
+        let local = sock.local_addr().ok().and_then(|a| a.as_socket());
+        let same_peer = sock.peer_addr().ok().and_then(|a| a.as_socket()) == Some(peer);
+        if same_peer && local.is_some_and(|a| a.port() == listen_port) {
+            found.push((peer, ConnectionSocket { fd: owned }));
+        }
+    }
+    found
+}
+
+/// Slots in this process's descriptor table (`FDSize` in
+/// `/proc/self/status`): every open descriptor is below it.
+fn descriptor_table_size() -> RawFd {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|status| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix("FDSize:"))
+                .and_then(|v| v.trim().parse().ok())
+        })
+        .unwrap_or(1024)
 }
 
 /// The peer address of descriptor `fd`, if it is a connected IP socket.
@@ -92,6 +221,7 @@ mod tests {
     use super::*;
     use std::io::Read;
     use std::net::{TcpListener, TcpStream};
+    use std::os::fd::AsRawFd;
     use std::time::Duration;
 
     /// The accepted socket is found by its peer address, and shutting it down ends the client's reads.
@@ -104,13 +234,46 @@ mod tests {
         assert_eq!(peer, client.local_addr().unwrap());
         // The client's own socket has the listener as its peer, so only the
         // accepted one matches.
-        let found = ConnectionSocket::find(port, peer).expect("found");
+        let finder = SocketFinder::start(port).unwrap();
+        let found = finder.find(peer).expect("found");
         found.shut_down();
         client
             .set_read_timeout(Some(Duration::from_secs(10)))
             .unwrap();
         assert_eq!(client.read(&mut [0u8; 8]).unwrap(), 0, "end of file");
-        let other_port = ConnectionSocket::find(port.wrapping_add(1), peer);
-        assert!(other_port.is_none());
+        let elsewhere = SocketFinder::start(port.wrapping_add(1)).unwrap();
+        assert!(elsewhere.find(peer).is_none(), "another listening port");
+        elsewhere.stop();
+        finder.stop();
+        assert!(
+            finder.find(peer).is_none(),
+            "a stopped finder finds nothing"
+        );
+    }
+
+    /// Searches asked at once are served, each with its own socket.
+    #[test]
+    fn concurrent_searches_each_find_their_socket() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let finder = std::sync::Arc::new(SocketFinder::start(port).unwrap());
+        let pairs: Vec<(TcpStream, TcpStream, SocketAddr)> = (0..20)
+            .map(|_| {
+                let client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+                let (server_side, peer) = listener.accept().unwrap();
+                (client, server_side, peer)
+            })
+            .collect();
+        let searches: Vec<_> = pairs
+            .iter()
+            .map(|(_, _, peer)| {
+                let (finder, peer) = (finder.clone(), *peer);
+                std::thread::spawn(move || finder.find(peer).map(|s| peer_of(s.fd.as_raw_fd())))
+            })
+            .collect();
+        for (search, (_, _, peer)) in searches.into_iter().zip(&pairs) {
+            assert_eq!(search.join().unwrap(), Some(Some(*peer)));
+        }
+        finder.stop();
     }
 }

@@ -39,6 +39,7 @@ use crate::api::reply::Reply;
 use crate::api::request::{self, Action, RouteSettings};
 use crate::config::Config;
 use crate::demo;
+use crate::edge::connection::SocketFinder;
 use crate::edge::writer::{Close, Work, Writer};
 use crate::error::Error;
 use crate::hub::{Hub, HubLimits, PollStart};
@@ -106,7 +107,7 @@ pub fn start(config: Config) -> io::Result<Running> {
         max_stored_bytes: config.max_stored_bytes,
         max_waiters: config.max_waiters,
     });
-    let writer = Writer::new(&config, hub.clone(), addr.port());
+    let writer = Writer::new(&config, hub.clone(), SocketFinder::start(addr.port())?);
     let quiet_period = config.max_timeout
         + config.max_timeout / 16
         + config.idle_timeout

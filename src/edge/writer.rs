@@ -36,7 +36,7 @@ use tiny_http::{HTTPVersion, Header, Method, Request, Response, StatusCode};
 use crate::api::reply::{MISSED_HEADER, Reply};
 use crate::api::request;
 use crate::config::Config;
-use crate::edge::connection::ConnectionSocket;
+use crate::edge::connection::SocketFinder;
 use crate::edge::pool::Pool;
 use crate::error::Error;
 use crate::hub::{Hub, Ticket, Wake};
@@ -172,8 +172,8 @@ pub struct Writer {
     idle_timeout: Duration,
     cors_origin: Option<String>,
     quiet: bool,
-    /// The listening port, to find a connection's socket (`connection.rs`).
-    listen_port: u16,
+    /// Finds a connection's socket to close it (`connection.rs`).
+    finder: SocketFinder,
     waiters: Pool<Work>,
     writers: Pool<Work>,
     /// Connections with a request being answered (and those queued behind
@@ -182,7 +182,7 @@ pub struct Writer {
 }
 
 impl Writer {
-    pub fn new(config: &Config, hub: Hub, listen_port: u16) -> Arc<Writer> {
+    pub fn new(config: &Config, hub: Hub, finder: SocketFinder) -> Arc<Writer> {
         Arc::new_cyclic(|me: &Weak<Writer>| {
             let for_waiters = me.clone();
             let for_writers = me.clone();
@@ -192,7 +192,7 @@ impl Writer {
                 idle_timeout: config.idle_timeout,
                 cors_origin: config.cors_origin.clone(),
                 quiet: config.quiet,
-                listen_port,
+                finder,
                 waiters: Pool::new(
                     "abide-waiter",
                     config.max_waiters,
@@ -431,7 +431,7 @@ impl Writer {
         let method = request.method().to_string();
         let target = request.url().to_string();
         let peer = request.remote_addr().copied();
-        let socket = peer.and_then(|p| ConnectionSocket::find(self.listen_port, p));
+        let socket = peer.and_then(|p| self.finder.find(p));
         if let Some(socket) = &socket {
             socket.shut_reading();
         }
@@ -566,6 +566,7 @@ impl Writer {
     pub fn join(&self, deadline: Instant) {
         self.waiters.join(deadline);
         self.writers.join(deadline);
+        self.finder.stop();
     }
 }
 
