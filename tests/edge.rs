@@ -102,6 +102,30 @@ fn ambiguous_framing_gets_a_json_error_and_nothing_behind_it_runs() {
     server.wait_for_stat("requests_malformed", |n| n >= 4);
 }
 
+/// Regression: a request pipelined behind a refused framing has no effect, even when the refusal waits behind a held poll on the same connection (a DELETE used to run at dispatch).
+#[test]
+fn request_behind_a_refused_framing_has_no_effect_even_behind_a_held_poll() {
+    let server = start();
+    victim(&server);
+    let attack = format!(
+        "GET /channels/hold/events?timeout=1 HTTP/1.1\r\nHost: x\r\n\r\n\
+         POST /channels/a/events HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\
+         Content-Length: 50\r\n\r\nhello{SMUGGLED}"
+    );
+    let raw = exchange(server.addr, attack.as_bytes());
+    assert!(
+        raw.starts_with("HTTP/1.1 204 "),
+        "the held poll's answer first: {raw:?}"
+    );
+    assert!(raw.contains("HTTP/1.1 400 "), "then the refusal: {raw:?}");
+    assert_eq!(
+        raw.matches("HTTP/1.1 ").count(),
+        2,
+        "nothing after it: {raw:?}"
+    );
+    assert_victim_intact(&server);
+}
+
 /// Regression: `Transfer-Encoding: gzip` is refused at once (not answered 408 after a wait), and the connection closed.
 #[test]
 fn unsupported_transfer_coding_is_refused_at_once() {

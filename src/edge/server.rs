@@ -415,6 +415,14 @@ impl Edge {
                 close,
             })
         };
+        if let Some(peer) = request.remote_addr().filter(|p| self.writer.is_closing(p)) {
+            // Read from a connection being closed after a refused request:
+            // it must have no effect at all.
+            let err = Error::BadRequest(format!(
+                "the connection from {peer} is closed after a refused request; open a new one"
+            ));
+            return refuse(request, err, Close::Yes);
+        }
         let headers = all_headers(request.headers())
             .iter()
             .map(|h| (h.field.as_str().as_str(), h.value.as_str()));

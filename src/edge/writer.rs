@@ -131,6 +131,9 @@ struct Lane {
     /// A write failed, the connection was closed, or the client piled up
     /// requests: discard the rest.
     dead: bool,
+    /// An answer that closes the connection is queued or being written:
+    /// requests that arrive from it now are refused unrun (`is_closing`).
+    closing: bool,
 }
 
 /// The lanes of connections being answered, and the peers abide closed.
@@ -218,24 +221,30 @@ impl Writer {
         })
     }
 
+    /// Whether a request from `peer` must be refused without running: its
+    /// connection is being closed after a refused request, or was closed
+    /// within `CLOSED_HOLD` (a request tiny_http parsed before the close took
+    /// effect; rarely, a new connection from the same address). The dispatch
+    /// thread asks before any request of that peer has an effect.
+    pub fn is_closing(&self, peer: &SocketAddr) -> bool {
+        let mut lanes = self.lanes.lock();
+        lanes.is_closed(peer, Instant::now())
+            || lanes.active.get(peer).is_some_and(|lane| lane.closing)
+    }
+
     /// Takes a request from the dispatch thread. Never blocks.
-    pub fn submit(&self, mut work: Work) {
+    pub fn submit(&self, work: Work) {
         if let Some(peer) = work.request().remote_addr().copied() {
-            let mut lanes = self.lanes.lock();
-            if lanes.is_closed(&peer, Instant::now()) {
-                // Read from a connection abide closed (or, rarely, a new one
-                // from the same address): refused, never executed.
-                let (request, started) = work.into_request();
-                work = Work::Answer {
-                    request,
-                    reply: Reply::error(&Error::BadRequest(
-                        "this connection was closed after a refused request; open a new one".into(),
-                    )),
-                    started,
+            let closes = matches!(
+                work,
+                Work::Answer {
                     close: Close::Yes,
-                };
-            }
+                    ..
+                }
+            );
+            let mut lanes = self.lanes.lock();
             if let Some(lane) = lanes.active.get_mut(&peer) {
+                lane.closing |= closes;
                 // A thread is on this connection; it takes this one next.
                 if lane.queue.len() >= MAX_PIPELINED_REQUESTS {
                     lane.dead = true;
@@ -243,9 +252,24 @@ impl Writer {
                 lane.queue.push_back(work);
                 return;
             }
-            lanes.active.insert(peer, Lane::default());
+            let lane = Lane {
+                closing: closes,
+                ..Lane::default()
+            };
+            lanes.active.insert(peer, lane);
         }
         self.start(work);
+    }
+
+    /// Marks the lane of `peer` as closing, before its connection's reader is
+    /// given back to tiny_http (which may then parse what follows).
+    fn mark_closing(&self, peer: Option<SocketAddr>) {
+        let Some(peer) = peer else {
+            return;
+        };
+        if let Some(lane) = self.lanes.lock().active.get_mut(&peer) {
+            lane.closing = true;
+        }
     }
 
     /// Hands a lane's head to the pool of its kind.
@@ -431,6 +455,7 @@ impl Writer {
         let method = request.method().to_string();
         let target = request.url().to_string();
         let peer = request.remote_addr().copied();
+        self.mark_closing(peer);
         let socket = peer.and_then(|p| self.finder.find(p));
         if let Some(socket) = &socket {
             socket.shut_reading();
