@@ -53,6 +53,10 @@ fn run_out_of_descriptors(spare: usize) {
     let resp = ask(&mut keep_alive, "/healthz").expect("keep-alive answer before the shortage");
     assert_eq!(resp.0, 200, "{resp:?}");
 
+    // The kicker opens a connection to ourselves after that request; its
+    // descriptors must be gone before the shortage is measured out, or their
+    // release would end the shortage early.
+    wait_for_settled_descriptors();
     let mut shortage = Shortage::begin();
     shortage.free(spare);
     // A keep-alive client: once served, its descriptors stay in use, so the
@@ -106,6 +110,19 @@ fn run_out_of_descriptors(spare: usize) {
         id - 1
     ));
     assert_eq!(resp.ids(), [id]);
+}
+
+/// Waits until the process's descriptor count has stayed the same for 200 ms.
+fn wait_for_settled_descriptors() {
+    let count = || std::fs::read_dir("/proc/self/fd").unwrap().count();
+    let mut last = (count(), Instant::now());
+    common::wait_until("the descriptor count to settle", || {
+        let now = count();
+        if now != last.0 {
+            last = (now, Instant::now());
+        }
+        last.1.elapsed() >= Duration::from_millis(200)
+    });
 }
 
 /// Every descriptor of the process in use: the soft RLIMIT_NOFILE lowered to

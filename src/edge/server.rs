@@ -236,31 +236,32 @@ impl Edge {
             min_threads: Some(0),
             max_threads: None,
         };
+        // Created under the lock: an accept thread that panics at once (the
+        // panic hook takes this lock to unblock the current generation) then
+        // finds this generation, not the one before it.
+        let mut servers = edge.servers.lock();
         let server = tiny_http::Server::from_listener(listener, local_addr.into(), server_config)
             .map_err(|e| io::Error::other(e.to_string()))?;
         let server = Arc::new(server);
-        let mut servers = edge.servers.lock();
         let number = servers.last().map_or(0, |g| g.number + 1);
-        if let Some(previous) = servers.last() {
-            // Its dispatch thread switches to waiting for its connections to go quiet.
-            let _ = previous.server.unblock();
-        }
-        servers.push(Generation {
-            number,
-            server: server.clone(),
-        });
-        if servers.len() > MAX_LISTENER_GENERATIONS {
-            let oldest = servers.remove(0);
-            let _ = oldest.server.unblock();
-        }
-        drop(servers);
         let dispatcher = {
             let edge = edge.clone();
+            let server = server.clone();
             thread::Builder::new()
                 .name("abide-dispatch".into())
                 .stack_size(DISPATCH_STACK_BYTES)
                 .spawn(move || edge.dispatch_loop(number, server))?
         };
+        if let Some(previous) = servers.last() {
+            // Its dispatch thread switches to waiting for its connections to go quiet.
+            let _ = previous.server.unblock();
+        }
+        servers.push(Generation { number, server });
+        if servers.len() > MAX_LISTENER_GENERATIONS {
+            let oldest = servers.remove(0);
+            let _ = oldest.server.unblock();
+        }
+        drop(servers);
         edge.dispatchers.lock().push(dispatcher);
         Ok(())
     }
