@@ -33,7 +33,7 @@ use std::time::{Duration, Instant};
 const DEADLINE: Duration = Duration::from_secs(120);
 /// The poll timeout of the held polls: the server's default --max-timeout, so
 /// nothing times out while the check runs.
-const HOLD_SECS: u64 = 120;
+const HOLD_SECS: u64 = 60;
 /// A 32-bit Pi OS process has 3 GiB of address space (3G/1G split).
 const PI_ADDRESS_SPACE: u64 = 3 << 30;
 

@@ -54,7 +54,7 @@ impl Default for Config {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             max_waiters: 512,
             default_timeout: Duration::from_secs(30),
-            max_timeout: Duration::from_secs(120),
+            max_timeout: Duration::from_secs(60),
             buffer_events: 256,
             event_ttl: None,
             max_event_bytes: 65536,
@@ -129,6 +129,19 @@ impl Config {
         if self.idle_timeout.is_zero() {
             return fail("--idle-timeout must be at least 1 second".into());
         }
+        // While a poll is held, tiny_http reads the next request on that
+        // connection with the idle timeout; a hold that outlived it would be
+        // answered on a connection already given up.
+        let longest_hold = self.max_timeout + self.max_timeout / 16;
+        if longest_hold >= self.idle_timeout {
+            return fail(format!(
+                "--max-timeout ({} s, so holds of up to {:.1} s with their 1/16 jitter) must stay \
+                 below --idle-timeout ({} s): raise --idle-timeout or lower --max-timeout",
+                self.max_timeout.as_secs(),
+                longest_hold.as_secs_f64(),
+                self.idle_timeout.as_secs()
+            ));
+        }
         if self.write_timeout.is_zero() {
             return fail("--write-timeout must be at least 1 second".into());
         }
@@ -169,6 +182,32 @@ mod tests {
         };
         let err = config.check().unwrap_err();
         assert!(err.0.contains("--default-timeout"), "{err}");
+    }
+
+    /// A hold (with its jitter) that would outlive the connection's idle timeout is refused, naming both flags.
+    #[test]
+    fn holds_must_end_before_the_idle_timeout() {
+        let config = Config {
+            max_timeout: Duration::from_secs(120),
+            idle_timeout: Duration::from_secs(75),
+            ..Config::default()
+        };
+        let err = config.check().unwrap_err();
+        assert!(
+            err.0.contains("--max-timeout") && err.0.contains("--idle-timeout"),
+            "{err}"
+        );
+        let edge = Config {
+            max_timeout: Duration::from_secs(64),
+            idle_timeout: Duration::from_secs(68),
+            ..Config::default()
+        };
+        assert!(edge.check().is_err(), "64 s + 4 s of jitter reaches 68 s");
+        let fits = Config {
+            idle_timeout: Duration::from_secs(69),
+            ..edge
+        };
+        assert_eq!(fits.check(), Ok(()));
     }
 
     /// Zero wait slots and an origin with spaces are refused, naming their flags.

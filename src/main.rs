@@ -83,8 +83,8 @@ struct Serve {
     /// seconds a poll waits when it names no timeout (default 30)
     #[argh(option, default = "30")]
     default_timeout: u64,
-    /// longest wait in seconds; larger timeouts are clamped (default 120)
-    #[argh(option, default = "120")]
+    /// longest wait in seconds; larger timeouts are clamped; with its 1/16 jitter it must stay below --idle-timeout (default 60)
+    #[argh(option, default = "60")]
     max_timeout: u64,
     /// newest events kept per channel (default 256)
     #[argh(option, default = "256")]

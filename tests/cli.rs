@@ -28,10 +28,14 @@ const FLAGS: [&str; 14] = [
 /// Bad flag values and unknown flags exit 2 with a message naming the flag, serving nothing.
 #[test]
 fn bad_flag_values_exit_2_naming_the_flag() {
-    let cases: [(&[&str], &str); 7] = [
+    let cases: [(&[&str], &str); 8] = [
         (
             &["--default-timeout", "200", "--max-timeout", "100"],
             "--default-timeout",
+        ),
+        (
+            &["--max-timeout", "120", "--idle-timeout", "75"],
+            "--idle-timeout",
         ),
         (&["--max-waiters", "0"], "--max-waiters"),
         (&["--buffer", "0"], "--buffer"),

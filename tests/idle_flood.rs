@@ -28,8 +28,11 @@ fn idle_flood_is_survived_and_cleaned_up() {
         soft >= (IDLE_CONNECTIONS as u64) * 3 + 256,
         "RLIMIT_NOFILE {soft} is too low for this test"
     );
+    // Holds (at most 2 s plus jitter) must end before the 3 s idle timeout.
     let server = common::start_with(Config {
-        idle_timeout: Duration::from_secs(2),
+        idle_timeout: Duration::from_secs(3),
+        max_timeout: Duration::from_secs(2),
+        default_timeout: Duration::from_secs(2),
         ..common::config()
     });
     // Warm up, so that the baseline holds the threads a served request leaves.
@@ -43,7 +46,7 @@ fn idle_flood_is_survived_and_cleaned_up() {
 
     // Another client is served while the flood is in place.
     let addr = server.addr;
-    let poll = thread::spawn(move || get(addr, "/channels/flood/events?timeout=20"));
+    let poll = thread::spawn(move || get(addr, "/channels/flood/events?timeout=2"));
     let id = publish(server.addr, "flood", "\"still here\"");
     let resp = common::join_within(poll, "a poll during the flood");
     assert_eq!(status(&resp), 200, "{resp}");

@@ -75,6 +75,9 @@ fn control_bytes_in_the_target_get_a_json_400() {
 fn http_2_request_line_gets_no_answer_and_harms_nobody_else() {
     let server = common::start_with(Config {
         idle_timeout: Duration::from_secs(1),
+        // No hold may outlive that idle timeout: polls answer at once.
+        max_timeout: Duration::ZERO,
+        default_timeout: Duration::ZERO,
         ..common::config()
     });
     let mut pending = Vec::new();
@@ -580,6 +583,9 @@ fn trap_many_oversized_declared_bodies_do_not_stall_others() {
 fn trap_stalled_small_declared_body_does_not_block_others() {
     let server = common::start_with(Config {
         idle_timeout: Duration::from_secs(1),
+        // No hold may outlive that idle timeout: polls answer at once.
+        max_timeout: Duration::ZERO,
+        default_timeout: Duration::ZERO,
         ..common::config()
     });
     let mut stalled = connect(server.addr);
@@ -615,8 +621,11 @@ fn trap_stalled_small_declared_body_does_not_block_others() {
 /// Trap: a client that declares a larger body (abide reads it) and stalls blocks no one, and gets a JSON 408 after the idle timeout.
 #[test]
 fn trap_stalled_large_declared_body_does_not_block_others() {
+    // Holds (at most 2 s plus jitter) end before the 3 s idle timeout.
     let server = common::start_with(Config {
-        idle_timeout: Duration::from_secs(1),
+        idle_timeout: Duration::from_secs(3),
+        max_timeout: Duration::from_secs(2),
+        default_timeout: Duration::from_secs(2),
         ..common::config()
     });
     let mut stalled = Vec::new();
@@ -632,7 +641,7 @@ fn trap_stalled_large_declared_body_does_not_block_others() {
     // While they stall, everyone else is served.
     let poll = {
         let addr = server.addr;
-        thread::spawn(move || get(addr, "/channels/b/events?timeout=20"))
+        thread::spawn(move || get(addr, "/channels/b/events?timeout=2"))
     };
     let id = publish(server.addr, "b", "\"hello\"");
     assert_eq!(
@@ -742,6 +751,9 @@ fn quiet_listener_keeps_serving_its_keep_alive_connections() {
     // their idle timeout; it must not turn a quiet accept() into a failure.
     let server = common::start_with(Config {
         idle_timeout: Duration::from_secs(1),
+        // No hold may outlive that idle timeout: polls answer at once.
+        max_timeout: Duration::ZERO,
+        default_timeout: Duration::ZERO,
         ..common::config()
     });
     let mut keep_alive = connect(server.addr);
