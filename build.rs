@@ -5,7 +5,8 @@
 //! - `abide_browser`: node, Chromium and `tests/browser/node_modules`
 //!   (`npm ci --prefix tests/browser`) are there;
 //! - `abide_python`: `python3` is on PATH;
-//! - `abide_curl`: `curl` is on PATH.
+//! - `abide_curl`: `curl` is on PATH;
+//! - `abide_nginx`: `nginx` is on PATH or in /usr/sbin.
 //!
 //! `ABIDE_REQUIRE_TOOLS=1` (set by `.ci/run`) makes a missing one a build
 //! failure, so CI cannot go green without running those tests. It runs again
@@ -39,6 +40,14 @@ fn main() {
         ),
         ("abide_python", vec![("python3", on_path("python3"))]),
         ("abide_curl", vec![("curl", on_path("curl"))]),
+        (
+            "abide_nginx",
+            vec![(
+                "nginx",
+                on_path("nginx")
+                    .or_else(|| Some(PathBuf::from("/usr/sbin/nginx")).filter(|p| p.is_file())),
+            )],
+        ),
     ];
     let mut missing_any = false;
     for (cfg, needs) in tools {
@@ -67,6 +76,7 @@ fn main() {
     if missing_any {
         // An install lands there; the npm packages land under tests/browser.
         println!("cargo::rerun-if-changed=/usr/bin");
+        println!("cargo::rerun-if-changed=/usr/sbin");
         println!("cargo::rerun-if-changed=tests/browser");
     }
 }

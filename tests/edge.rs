@@ -126,6 +126,50 @@ fn request_behind_a_refused_framing_has_no_effect_even_behind_a_held_poll() {
     assert_victim_intact(&server);
 }
 
+/// Regression: a new connection from the client port of a connection abide just closed is served normally (it used to be refused for 10 s as if it were the closed one).
+#[test]
+fn a_new_connection_from_a_reused_port_is_served() {
+    let server = start();
+    for _ in 0..3 {
+        let first = bound_client(None);
+        let port = first.local_addr().unwrap().as_socket().unwrap().port();
+        first.connect(&server.addr.into()).unwrap();
+        let mut first: TcpStream = first.into();
+        first.set_read_timeout(Some(HANG_GUARD)).unwrap();
+        first
+            .write_all(
+                b"POST /channels/a/events HTTP/1.1\r\nHost: x\r\nContent-Length: 99999\r\n\r\n",
+            )
+            .unwrap();
+        let raw = common::read_until_close(&mut first);
+        assert_eq!(common::final_status(&raw), Some(413), "{raw:?}");
+        drop(first);
+        // The same client port again: another socket, another connection.
+        let second = bound_client(Some(port));
+        second.connect(&server.addr.into()).unwrap();
+        let mut second: TcpStream = second.into();
+        second.set_read_timeout(Some(HANG_GUARD)).unwrap();
+        second
+            .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .unwrap();
+        let raw = common::read_until_close(&mut second);
+        assert_eq!(
+            common::final_status(&raw),
+            Some(200),
+            "port {port}: {raw:?}"
+        );
+    }
+}
+
+/// A client socket bound to `port` on loopback (any port if `None`), which may be reused at once.
+fn bound_client(port: Option<u16>) -> socket2::Socket {
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    socket.set_reuse_address(true).unwrap();
+    let addr = SocketAddr::from(([127, 0, 0, 1], port.unwrap_or(0)));
+    socket.bind(&addr.into()).unwrap();
+    socket
+}
+
 /// Regression: `Transfer-Encoding: gzip` is refused at once (not answered 408 after a wait), and the connection closed.
 #[test]
 fn unsupported_transfer_coding_is_refused_at_once() {

@@ -58,6 +58,19 @@ impl ConnectionSocket {
     pub fn shut_down(&self) {
         let _ = SockRef::from(&self.fd).shutdown(Shutdown::Both);
     }
+
+    /// The socket's inode: which socket this is, whatever descriptor or
+    /// address reaches it (a new connection from a reused client port is
+    /// another socket).
+    pub fn inode(&self) -> u64 {
+        use std::os::fd::AsRawFd;
+        // SAFETY: fstat writes into the zeroed struct; the descriptor is
+        // ours. A failure leaves st_ino 0.
+        let mut stat: libc::stat = unsafe { std::mem::zeroed() };
+        // SAFETY: as above.
+        unsafe { libc::fstat(self.fd.as_raw_fd(), &mut stat) };
+        stat.st_ino as u64
+    }
 }
 
 /// One search: the peer, and where its answer goes.

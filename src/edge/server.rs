@@ -40,7 +40,7 @@ use crate::api::request::{self, Action, RouteSettings};
 use crate::config::Config;
 use crate::demo;
 use crate::edge::connection::SocketFinder;
-use crate::edge::writer::{Close, Work, Writer};
+use crate::edge::writer::{Close, PeerState, Work, Writer};
 use crate::error::Error;
 use crate::hub::{Hub, HubLimits, PollStart};
 use crate::shutdown::Shutdown;
@@ -126,6 +126,16 @@ pub fn start(config: Config) -> io::Result<Running> {
         quiet_period,
         config,
     });
+    {
+        // A verified request (`Work::Verify`) is routed again on a writer
+        // thread, as if it had just arrived.
+        let weak = Arc::downgrade(&edge);
+        edge.writer.set_redispatch(Box::new(move |request| {
+            if let Some(edge) = weak.upgrade() {
+                edge.dispatch(request);
+            }
+        }));
+    }
     Edge::add_generation(&edge)?;
     watch_accept_panics(&edge);
     print_startup_line(&edge.config, addr);
@@ -416,13 +426,22 @@ impl Edge {
                 close,
             })
         };
-        if let Some(peer) = request.remote_addr().filter(|p| self.writer.is_closing(p)) {
-            // Read from a connection being closed after a refused request:
-            // it must have no effect at all.
-            let err = Error::BadRequest(format!(
-                "the connection from {peer} is closed after a refused request; open a new one"
-            ));
-            return refuse(request, err, Close::Yes);
+        if let Some(peer) = request.remote_addr().copied() {
+            match self.writer.peer_state(&peer) {
+                PeerState::Open => {}
+                // Read from a connection being closed after a refused
+                // request: it must have no effect at all.
+                PeerState::Closing => {
+                    let err = Error::BadRequest(format!(
+                        "the connection from {peer} is closed after a refused request; open a new one"
+                    ));
+                    return refuse(request, err, Close::Yes);
+                }
+                // Routed again once its socket is known not to be the closed one.
+                PeerState::RecentlyClosed => {
+                    return self.writer.submit(Work::Verify { request, started });
+                }
+            }
         }
         let headers = all_headers(request.headers())
             .iter()

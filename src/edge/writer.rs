@@ -15,10 +15,14 @@
 //! are discarded without writing, so a client that never reads costs one
 //! thread for one write timeout, never the whole pool.
 //!
-//! Closing: an answer with `Close::Yes` ends its connection (see `connection.rs`): the rest of its lane is discarded
-//! unexecuted, and for `CLOSED_HOLD` afterwards a request that still arrives
-//! from that peer address (parsed by tiny_http before the close took effect)
-//! is refused, never executed.
+//! Closing: an answer with `Close::Yes` ends its connection (see
+//! `connection.rs`). From the moment it is queued, requests of that
+//! connection are refused unrun (`peer_state`); the rest of its lane is
+//! discarded. tiny_http may still hand over a request it parsed before the
+//! close took effect, after the lane is gone: for `CLOSED_HOLD` a request
+//! from that peer address is checked first (`Work::Verify`): it runs only if
+//! it came over a different socket (the client reused its port for a new
+//! connection), never if it came over the closed one.
 //!
 //! Together with `server.rs`, the only module that touches tiny_http.
 
@@ -27,7 +31,7 @@ use std::fmt::Write as _;
 use std::io::{self, Cursor, Write};
 use std::net::SocketAddr;
 use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::sync::{Arc, Weak};
+use std::sync::{Arc, OnceLock, Weak};
 use std::time::{Duration, Instant, SystemTime};
 
 use parking_lot::Mutex;
@@ -57,6 +61,9 @@ pub const CLOSED_HOLD: Duration = Duration::from_secs(10);
 
 /// Work on one request.
 pub enum Work {
+    /// A request from the address of a connection closed lately: run it (by
+    /// routing it again) only if it came over another socket.
+    Verify { request: Request, started: Instant },
     /// Write a prepared answer, then keep or close the connection.
     Answer {
         request: Request,
@@ -93,7 +100,8 @@ impl Work {
         match self {
             Work::Answer { request, .. }
             | Work::Publish { request, .. }
-            | Work::Wait { request, .. } => request,
+            | Work::Wait { request, .. }
+            | Work::Verify { request, .. } => request,
         }
     }
 
@@ -108,7 +116,8 @@ impl Work {
             }
             | Work::Wait {
                 request, started, ..
-            } => (request, started),
+            }
+            | Work::Verify { request, started } => (request, started),
         }
     }
 
@@ -136,33 +145,47 @@ struct Lane {
     closing: bool,
 }
 
+/// What a request from a peer address may do (`Writer::peer_state`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PeerState {
+    /// Nothing known against it: route it.
+    Open,
+    /// Its connection is being closed after a refused request: refuse it
+    /// without any effect.
+    Closing,
+    /// A connection from that address was closed within `CLOSED_HOLD`:
+    /// verify it first (`Work::Verify`).
+    RecentlyClosed,
+}
+
 /// The lanes of connections being answered, and the peers abide closed.
 #[derive(Default)]
 struct Lanes {
     active: HashMap<SocketAddr, Lane>,
-    /// Peer addresses of connections abide closed, until when requests from
-    /// them are refused (`CLOSED_HOLD`).
-    closed: HashMap<SocketAddr, Instant>,
+    /// Peer addresses of connections abide closed: until when requests from
+    /// them are verified (`CLOSED_HOLD`), and the closed socket's inode.
+    closed: HashMap<SocketAddr, (Instant, Option<u64>)>,
     /// `closed` is swept of expired entries when it doubles past this size.
     closed_sweep_at: usize,
 }
 
 impl Lanes {
-    fn is_closed(&mut self, peer: &SocketAddr, now: Instant) -> bool {
+    /// The closed socket's entry for `peer`, if within `CLOSED_HOLD`.
+    fn closed(&mut self, peer: &SocketAddr, now: Instant) -> Option<Option<u64>> {
         match self.closed.get(peer) {
-            Some(until) if now < *until => true,
+            Some((until, inode)) if now < *until => Some(*inode),
             Some(_) => {
                 self.closed.remove(peer);
-                false
+                None
             }
-            None => false,
+            None => None,
         }
     }
 
-    fn mark_closed(&mut self, peer: SocketAddr, now: Instant) {
-        self.closed.insert(peer, now + CLOSED_HOLD);
+    fn mark_closed(&mut self, peer: SocketAddr, inode: Option<u64>, now: Instant) {
+        self.closed.insert(peer, (now + CLOSED_HOLD, inode));
         if self.closed.len() > self.closed_sweep_at {
-            self.closed.retain(|_, until| now < *until);
+            self.closed.retain(|_, (until, _)| now < *until);
             self.closed_sweep_at = (self.closed.len() * 2).max(64);
         }
     }
@@ -182,6 +205,8 @@ pub struct Writer {
     /// Connections with a request being answered (and those queued behind
     /// it), and the recently closed ones.
     lanes: Mutex<Lanes>,
+    /// Routes a verified request again (`set_redispatch`).
+    redispatch: OnceLock<Box<dyn Fn(Request) + Send + Sync>>,
 }
 
 impl Writer {
@@ -217,19 +242,28 @@ impl Writer {
                     },
                 ),
                 lanes: Mutex::new(Lanes::default()),
+                redispatch: OnceLock::new(),
             }
         })
     }
 
-    /// Whether a request from `peer` must be refused without running: its
-    /// connection is being closed after a refused request, or was closed
-    /// within `CLOSED_HOLD` (a request tiny_http parsed before the close took
-    /// effect; rarely, a new connection from the same address). The dispatch
-    /// thread asks before any request of that peer has an effect.
-    pub fn is_closing(&self, peer: &SocketAddr) -> bool {
+    /// What a request from `peer` may do. The dispatch thread asks before
+    /// any request has an effect.
+    pub fn peer_state(&self, peer: &SocketAddr) -> PeerState {
         let mut lanes = self.lanes.lock();
-        lanes.is_closed(peer, Instant::now())
-            || lanes.active.get(peer).is_some_and(|lane| lane.closing)
+        if lanes.active.get(peer).is_some_and(|lane| lane.closing) {
+            PeerState::Closing
+        } else if lanes.closed(peer, Instant::now()).is_some() {
+            PeerState::RecentlyClosed
+        } else {
+            PeerState::Open
+        }
+    }
+
+    /// Sets what routes a verified request again (`Work::Verify`): the
+    /// server's dispatch. Set once, at start.
+    pub fn set_redispatch(&self, redispatch: Box<dyn Fn(Request) + Send + Sync>) {
+        let _ = self.redispatch.set(redispatch);
     }
 
     /// Takes a request from the dispatch thread. Never blocks.
@@ -317,9 +351,6 @@ impl Writer {
             };
             let next = {
                 let mut lanes = self.lanes.lock();
-                if closed {
-                    lanes.mark_closed(peer, Instant::now());
-                }
                 let lane = lanes
                     .active
                     .get_mut(&peer)
@@ -377,6 +408,7 @@ impl Writer {
                 drop(wake);
                 (written, close != Close::No)
             }
+            Work::Verify { request, started } => self.verify(request, started),
             Work::Wait {
                 request,
                 ticket,
@@ -392,6 +424,36 @@ impl Writer {
                 let written = self.respond(request, reply, started);
                 drop(ticket);
                 (written, false)
+            }
+        }
+    }
+
+    /// Routes `request` again if it came over another socket than the
+    /// connection closed lately from its address; refuses it otherwise.
+    fn verify(&self, request: Request, started: Instant) -> (bool, bool) {
+        let peer = request.remote_addr().copied();
+        let closed_inode = peer.and_then(|p| self.lanes.lock().closed(&p, Instant::now()));
+        let reopened = match closed_inode {
+            // Verified already, or the hold is over.
+            None => true,
+            Some(inode) => peer
+                .and_then(|p| self.finder.find(p))
+                .is_some_and(|socket| inode.is_none_or(|i| socket.inode() != i)),
+        };
+        match (reopened, self.redispatch.get()) {
+            (true, Some(redispatch)) => {
+                if let Some(p) = peer {
+                    self.lanes.lock().closed.remove(&p);
+                }
+                redispatch(request);
+                (true, false)
+            }
+            _ => {
+                let err = Error::BadRequest(
+                    "this connection was closed after a refused request; open a new one".into(),
+                );
+                let written = self.respond_and_close(request, Reply::error(&err), started);
+                (written, true)
             }
         }
     }
@@ -481,6 +543,10 @@ impl Writer {
             socket.shut_down();
         }
         drop(writer);
+        if let Some(peer) = peer {
+            let inode = socket.as_ref().map(|s| s.inode());
+            self.lanes.lock().mark_closed(peer, inode, Instant::now());
+        }
         self.hub.count_closed_connection();
         self.log(&method, &target, peer, status, started);
         written
