@@ -363,6 +363,11 @@ fn attacks_stop_at_the_nginx_front() {
     let stats = front.get("/stats").json();
     assert_eq!(stats["requests_malformed"], 0, "{stats}");
     let after = footprint(&abide);
+    eprintln!(
+        "abide (threads, descriptors, resident KiB): {before:?} before the attacks, {after:?} \
+         after; the dribbled header was cut after {cut_after:?}; limit_conn refused \
+         {refused} of 80 requests in flight"
+    );
     assert!(
         after.0 <= before.0 + 4 && after.1 <= before.1 + 8 && after.2 <= before.2 + 4096,
         "abide's threads, descriptors, resident KiB: {before:?} before, {after:?} after"
