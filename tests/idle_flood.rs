@@ -61,6 +61,7 @@ fn idle_flood_is_survived_and_cleaned_up() {
                 Ok(0) => break true,
                 Ok(_) => continue,
                 Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => break true,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
                 Err(_) => break false,
             }
         };

@@ -215,6 +215,7 @@ fn read_answer(stream: &mut TcpStream) -> Outcome {
             {
                 return Outcome::Hung(text);
             }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
             Err(_) => break,
         }
     }

@@ -235,14 +235,18 @@ pub fn raw(addr: SocketAddr, bytes: &[u8], read_for: Duration) -> String {
     read_until_close(&mut stream)
 }
 
-/// Reads until EOF, a read timeout, or an error; returns what was read.
+/// Reads until EOF, a read timeout, or an error; returns what was read. A
+/// read interrupted by a signal (the test process gets SIGCHLD from the
+/// servers it spawns) is retried.
 pub fn read_until_close(stream: &mut TcpStream) -> String {
     let mut out = Vec::new();
     let mut buf = [0u8; 4096];
     loop {
         match stream.read(&mut buf) {
-            Ok(0) | Err(_) => break,
+            Ok(0) => break,
             Ok(n) => out.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(_) => break,
         }
     }
     String::from_utf8_lossy(&out).into_owned()
