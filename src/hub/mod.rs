@@ -28,6 +28,12 @@ use crate::hub::channel::{Batch, Channel, WaiterId};
 use crate::hub::event::{Event, IdClock, wall_micros};
 use crate::hub::stats::Stats;
 
+/// Most bytes of events in one poll answer: when events are large, an
+/// answer holds fewer than its `limit` (at least one), and the client gets
+/// the rest with its next poll. So one answer never builds more than this
+/// (plus one event) in memory, whatever `limit` asks for.
+pub const MAX_ANSWER_BYTES: usize = 1024 * 1024;
+
 /// The limits the hub enforces (from `Config`).
 #[derive(Debug, Clone)]
 pub struct HubLimits {
@@ -515,7 +521,8 @@ impl State {
         self.next_generation
     }
 
-    /// Events after `cursor` on `names`, merged ascending by id, at most `limit`.
+    /// Events after `cursor` on `names`, merged ascending by id, at most
+    /// `limit` and at most `MAX_ANSWER_BYTES` of them (but at least one).
     fn read(&self, names: &[&str], cursor: u64, limit: usize) -> Batch {
         let mut merged = Batch::default();
         for name in names {
@@ -530,6 +537,15 @@ impl State {
         if names.len() > 1 {
             merged.events.sort_unstable_by_key(|e| e.id);
             merged.events.truncate(limit);
+        }
+        let mut answer_bytes = 0;
+        let fits = merged.events.iter().position(|e| {
+            answer_bytes += e.json.len() + 1;
+            answer_bytes > MAX_ANSWER_BYTES
+        });
+        if let Some(first_over) = fits {
+            // The rest comes with the client's next poll, after its new cursor.
+            merged.events.truncate(first_over.max(1));
         }
         merged
     }
@@ -681,6 +697,46 @@ mod tests {
             PollStart::Now(answer) => answer,
             PollStart::Wait(_) => panic!("expected an answer now"),
         }
+    }
+
+    /// An answer stops at MAX_ANSWER_BYTES of events (at least one event), and the next poll gets the rest in order.
+    #[test]
+    fn answers_are_bounded_in_bytes_and_the_rest_follows() {
+        let hub = Hub::new(HubLimits {
+            buffer_events: 100,
+            max_stored_bytes: 64 << 20,
+            ..limits()
+        });
+        let big = format!("\"{}\"", "x".repeat(100_000));
+        let ids_published: Vec<u64> = (0..25)
+            .map(|i| {
+                hub.publish(if i % 2 == 0 { "a" } else { "b" }, &big)
+                    .unwrap()
+                    .id
+            })
+            .collect();
+        let mut cursor = 0;
+        let mut seen = Vec::new();
+        while seen.len() < ids_published.len() {
+            let mut poll = spec(&["a", "b"], cursor, 0);
+            poll.limit = 1000;
+            let Answer::Events { events, .. } = now(&hub, &poll) else {
+                panic!("events expected");
+            };
+            let bytes: usize = events.iter().map(|e| e.json.len() + 1).sum();
+            assert!(bytes <= MAX_ANSWER_BYTES, "{bytes} bytes in one answer");
+            assert!(!events.is_empty());
+            cursor = events.last().unwrap().id;
+            seen.extend(events.iter().map(|e| e.id));
+        }
+        assert_eq!(seen, ids_published, "every event once, in order");
+        let huge = format!("\"{}\"", "y".repeat(MAX_ANSWER_BYTES + 10));
+        let id = hub.publish("c", &huge).unwrap().id;
+        assert_eq!(
+            ids(&now(&hub, &spec(&["c"], 0, 0))),
+            [id],
+            "one event always fits"
+        );
     }
 
     /// A poll is answered now when events follow its cursor or its timeout is 0, and waits otherwise.
