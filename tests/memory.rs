@@ -1,0 +1,83 @@
+//! Memory limits that hold, measured on the real binary's resident memory.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+
+use common::{Abide, HANG_GUARD};
+
+/// Resident memory of `abide`, in bytes, from /proc.
+fn resident_bytes(abide: &Abide) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{}/status", abide.child.id())).unwrap();
+    let kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .expect("VmRSS");
+    kib * 1024
+}
+
+/// Publishes `count` one-byte events round-robin over `channels`, pipelined
+/// 50 at a time on one keep-alive connection.
+fn publish_one_byte_events(stream: &mut TcpStream, count: usize, channels: usize) {
+    let mut sent = 0;
+    while sent < count {
+        let batch: String = (0..50)
+            .map(|i| {
+                format!(
+                    "POST /channels/c{}/events HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\n\r\n1",
+                    (sent + i) % channels
+                )
+            })
+            .collect();
+        stream.write_all(batch.as_bytes()).unwrap();
+        let mut answered = 0;
+        let mut pending = Vec::new();
+        let mut buf = vec![0u8; 64 * 1024];
+        while answered < 50 {
+            let n = stream.read(&mut buf).expect("answers");
+            assert!(n > 0, "the connection closed");
+            pending.extend_from_slice(&buf[..n]);
+            answered = pending.windows(12).filter(|w| w == b"HTTP/1.1 201").count();
+        }
+        sent += 50;
+    }
+}
+
+/// Regression: `--max-stored-bytes` holds for resident memory with one-byte events, whose overhead used to go uncounted (64 MiB of them took 144 MiB).
+#[test]
+fn max_stored_bytes_bounds_resident_memory_with_one_byte_events() {
+    const LIMIT: u64 = 8 << 20;
+    let abide = Abide::serve(&[
+        "--quiet",
+        "--buffer",
+        "1000000",
+        "--max-stored-bytes",
+        &LIMIT.to_string(),
+    ]);
+    let mut stream = TcpStream::connect(abide.addr).unwrap();
+    stream.set_read_timeout(Some(HANG_GUARD)).unwrap();
+    publish_one_byte_events(&mut stream, 1000, 10);
+    let before = resident_bytes(&abide);
+    // Twice what fits: the oldest are dropped to stay under the limit.
+    publish_one_byte_events(&mut stream, 100_000, 10);
+    let grown = resident_bytes(&abide).saturating_sub(before);
+    eprintln!(
+        "resident memory grew by {:.1} MiB for --max-stored-bytes {} MiB",
+        grown as f64 / 1048576.0,
+        LIMIT >> 20
+    );
+    assert!(
+        grown <= LIMIT + LIMIT / 4,
+        "resident memory grew by {grown} bytes under --max-stored-bytes {LIMIT}"
+    );
+    let stats = common::parse_raw(&common::raw(
+        abide.addr,
+        b"GET /stats HTTP/1.1\r\nConnection: close\r\n\r\n",
+        HANG_GUARD,
+    ))
+    .json();
+    assert!(stats["events_dropped"].as_u64().unwrap() > 0, "{stats}");
+    assert!(stats["stored_bytes"].as_u64().unwrap() <= LIMIT, "{stats}");
+}
