@@ -95,7 +95,7 @@ struct Serve {
     /// largest event body in bytes; larger is answered 413 (default 65536)
     #[argh(option, default = "65536")]
     max_event_bytes: usize,
-    /// most channels at once; more is refused with 503 (default 10000)
+    /// most channels at once; a new one evicts the oldest channel nobody waits on (default 10000)
     #[argh(option, default = "10000")]
     max_channels: usize,
     /// bytes of stored events over all channels; beyond it the oldest are dropped (default 67108864)

@@ -1309,43 +1309,55 @@ fn polling_random_channel_names_does_not_grow_the_server() {
     );
 }
 
-/// At --max-channels, publishing to a new channel is refused with a JSON error naming the flag, while existing channels keep working.
+/// Regression: at --max-channels a new channel evicts the channel nobody waits on that holds the oldest event (whose old cursors then get Abide-Missed), so new channels are never locked out for good; channels with waiters are kept, and when every channel has one the new channel gets a JSON 503 naming the flag.
 #[test]
-fn max_channels_refuses_a_new_channel_but_keeps_the_old_ones() {
+fn max_channels_evicts_the_oldest_idle_channel() {
     let server = common::start_with(Config {
         max_channels: 2,
         ..common::config()
     });
     let a = server.publish("one", "1");
     let b = server.publish("two", "2");
-    let resp = server.post("/channels/three/events", "3");
-    assert!(resp.status >= 400, "{resp:?}");
-    resp.assert_error(resp.status, "--max-channels");
-    server.get("/channels/three").assert_error(404, "");
-
-    let a2 = server.publish("one", "11");
-    assert_eq!(server.get("/channels/one/events?timeout=0").ids(), [a, a2]);
-    assert_eq!(
-        server.get("/events?channels=one,two&timeout=0").ids(),
-        [a, b, a2]
-    );
-    let waiter = server.spawn_get(&format!(
-        "/channels/two/events?last_event_id={b}&timeout=60"
-    ));
-    server.wait_for_stat("waiters", |n| n == 1);
-    let b2 = server.publish("two", "22");
-    assert_eq!(
-        common::join_within(waiter, "waiter on an existing channel").ids(),
-        [b2]
-    );
-    // A short poll on an unknown name still answers.
-    assert_eq!(server.get("/channels/three/events?timeout=0").status, 204);
-    assert_eq!(server.stats()["channels"], 2);
-
-    // Deleting a channel makes room.
-    assert_eq!(server.delete("/channels/one").status, 204);
+    // "one" holds the oldest event and nobody waits on it: it makes room.
     let c = server.publish("three", "3");
-    assert_eq!(server.get("/channels/three/events?timeout=0").ids(), [c]);
+    server.get("/channels/one").assert_error(404, "");
+    let resp = server.get(&format!(
+        "/channels/one/events?timeout=0&last_event_id={}",
+        a - 1
+    ));
+    assert_eq!(resp.status, 204, "{resp:?}");
+    assert_eq!(resp.header("abide-missed"), Some("true"), "{resp:?}");
+    assert_eq!(
+        server.get("/events?channels=two,three&timeout=0").ids(),
+        [b, c]
+    );
+    assert_eq!(server.stats()["channels"], 2);
+    assert_eq!(server.stats()["events_dropped"], 1);
+
+    // A channel with a waiter is never evicted: with both channels waited
+    // on, a third is refused.
+    let waiters: Vec<_> = [("two", b), ("three", c)]
+        .iter()
+        .map(|(name, id)| {
+            server.spawn_get(&format!(
+                "/channels/{name}/events?last_event_id={id}&timeout=60"
+            ))
+        })
+        .collect();
+    server.wait_for_stat("waiters", |n| n == 2);
+    let resp = server.post("/channels/four/events", "4");
+    resp.assert_error(503, "--max-channels");
+    let b2 = server.publish("two", "22");
+    let c2 = server.publish("three", "33");
+    let answers: Vec<Vec<u64>> = waiters
+        .into_iter()
+        .map(|w| common::join_within(w, "a waiter").ids())
+        .collect();
+    assert_eq!(answers, [vec![b2], vec![c2]]);
+    // Nobody waits now: the new channel evicts "two" (the oldest event).
+    let d = server.publish("four", "4");
+    assert_eq!(server.get("/channels/four/events?timeout=0").ids(), [d]);
+    server.get("/channels/two").assert_error(404, "");
 }
 
 // -------------------------------------------------------------------- CORS

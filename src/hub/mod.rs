@@ -194,10 +194,12 @@ impl Hub {
         let mut dropped = st.expire(now, limits);
         let name = match st.channels.get_key_value(channel) {
             Some((name, _)) => name.clone(),
-            None if st.channels.len() >= limits.max_channels => {
-                return Err(too_many_channels(limits.max_channels));
+            None => {
+                dropped += st
+                    .make_room_for_channels(1, limits.max_channels)
+                    .ok_or_else(|| too_many_channels(limits.max_channels))?;
+                Arc::from(channel)
             }
-            None => Arc::from(channel),
         };
         let id = st
             .ids
@@ -271,9 +273,13 @@ impl Hub {
             .iter()
             .filter(|n| !st.channels.contains_key(**n))
             .count();
-        if st.channels.len() + new_channels > limits.max_channels {
+        let Some(evicted) = st.make_room_for_channels(new_channels, limits.max_channels) else {
             return Err(too_many_channels(limits.max_channels));
-        }
+        };
+        self.shared
+            .counters
+            .events_dropped
+            .fetch_add(evicted as u64, Relaxed);
 
         let id = st.next_waiter_id;
         st.next_waiter_id += 1;
@@ -588,6 +594,45 @@ impl State {
         })
     }
 
+    /// Makes room for `new` more channels under `max_channels` by evicting
+    /// channels nobody waits on, the one holding the oldest event first: their
+    /// events are dropped and a tombstone tells old cursors (`Abide-Missed`).
+    /// Returns how many events were dropped, or `None` if every channel has
+    /// waiters (bounded by `--max-waiters`), and then evicts nothing.
+    fn make_room_for_channels(&mut self, new: usize, max_channels: usize) -> Option<usize> {
+        let excess = (self.channels.len() + new).saturating_sub(max_channels);
+        if excess == 0 {
+            return Some(0);
+        }
+        let mut victims: Vec<Arc<str>> = Vec::with_capacity(excess);
+        for (_, name) in &self.order {
+            if victims.len() == excess {
+                break;
+            }
+            let idle = self
+                .channels
+                .get(name)
+                .is_some_and(|c| c.waiters.is_empty());
+            if idle && !victims.contains(name) {
+                victims.push(name.clone());
+            }
+        }
+        if victims.len() < excess {
+            return None;
+        }
+        let mut dropped = 0;
+        for name in victims {
+            let ch = self.channels.get_mut(&name).expect("found above");
+            let mut lost = Vec::with_capacity(ch.len());
+            while let Some(event) = ch.drop_oldest() {
+                lost.push(event);
+            }
+            dropped += self.forget(&lost);
+            self.remove_if_idle(&name);
+        }
+        Some(dropped)
+    }
+
     /// Walks `order` from the oldest entry, dropping live events while `doomed`
     /// says so; stops at the first live event it keeps. Returns how many were dropped.
     fn drop_oldest_while(&mut self, mut doomed: impl FnMut(&Event) -> bool) -> usize {
@@ -737,6 +782,54 @@ mod tests {
             [id],
             "one event always fits"
         );
+    }
+
+    /// At --max-channels, a new channel evicts the one nobody waits on that holds the oldest event; old cursors of it get missed; channels with waiters are never evicted.
+    #[test]
+    fn a_new_channel_evicts_the_oldest_idle_one_at_the_limit() {
+        let hub = Hub::new(HubLimits {
+            max_channels: 3,
+            ..limits()
+        });
+        let a = hub.publish("a", "1").unwrap().id;
+        hub.publish("b", "2").unwrap();
+        let waiter = wait_on_thread(&hub, spec(&["c"], 0, 30));
+        // a, b and c (a waiter) exist; d evicts a, the oldest idle one.
+        let d = hub.publish("d", "4").unwrap().id;
+        assert!(hub.channel_info("a").is_none(), "a was evicted");
+        assert!(hub.channel_info("b").is_some() && hub.channel_info("c").is_some());
+        assert!(matches!(
+            now(&hub, &spec(&["a"], a - 1, 0)),
+            Answer::Empty { missed: true }
+        ));
+        assert_eq!(hub.stats().events_dropped, 1);
+        // e evicts b; then only c (waited on) and d, e remain: f evicts d.
+        hub.publish("e", "5").unwrap();
+        assert!(hub.channel_info("b").is_none());
+        hub.publish("f", "6").unwrap();
+        assert!(hub.channel_info("d").is_none(), "{d}");
+        assert!(
+            hub.channel_info("c").is_some(),
+            "a channel with a waiter stays"
+        );
+        hub.publish("c", "7").unwrap();
+        assert_eq!(ids(&waiter.join().unwrap()).len(), 1);
+    }
+
+    /// When every channel has waiters, a new channel is refused with 503 rather than evicting any.
+    #[test]
+    fn channels_with_waiters_are_never_evicted() {
+        let hub = Hub::new(HubLimits {
+            max_channels: 2,
+            max_waiters: 4,
+            ..limits()
+        });
+        let _a = wait_on_thread(&hub, spec(&["a"], 0, 30));
+        let _b = wait_on_thread(&hub, spec(&["b"], 0, 30));
+        let err = hub.publish("c", "1").unwrap_err();
+        assert_eq!(err.status(), 503, "{err}");
+        assert!(err.to_string().contains("--max-channels"), "{err}");
+        hub.shut_down();
     }
 
     /// A poll is answered now when events follow its cursor or its timeout is 0, and waits otherwise.
