@@ -41,8 +41,16 @@ pub fn run(config: Config) -> io::Result<()> {
                 shutdown.trigger();
             }
         })?;
+    // Under systemd: ready now (abide accepts), and a watchdog that reports
+    // only while abide answers on its own listener.
+    edge::watchdog::notify_ready();
+    let watchdog = edge::watchdog::start(running.self_check_addr(), running.shutdown_handle())?;
     running.wait();
+    edge::watchdog::notify_stopping();
     signals_handle.close();
     let _ = signal_thread.join();
+    if let Some(watchdog) = watchdog {
+        let _ = watchdog.join();
+    }
     Ok(())
 }

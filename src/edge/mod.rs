@@ -2,9 +2,11 @@
 //!
 //! `server` owns the listener and the dispatch threads, `writer` the
 //! per-connection lanes and everything that blocks on a client, `pool` the
-//! small-stack worker threads they run on.
+//! small-stack worker threads they run on, `connection` finds a client's socket
+//! to close it, `watchdog` tells systemd that abide still serves.
 
 pub mod connection;
 pub mod pool;
 pub mod server;
+pub mod watchdog;
 pub mod writer;

@@ -199,6 +199,11 @@ impl Running {
         self.addr
     }
 
+    /// Where abide reaches its own listener (loopback for a wildcard address).
+    pub fn self_check_addr(&self) -> SocketAddr {
+        loopback_of(self.addr)
+    }
+
     /// The value that stops this server when triggered.
     pub fn shutdown_handle(&self) -> Shutdown {
         self.edge.shutdown.clone()

@@ -42,6 +42,7 @@ use crate::api::request;
 use crate::config::Config;
 use crate::edge::connection::SocketFinder;
 use crate::edge::pool::Pool;
+use crate::edge::watchdog::WATCHDOG_TARGET;
 use crate::error::Error;
 use crate::hub::{Hub, Ticket, Wake};
 
@@ -640,7 +641,7 @@ impl Writer {
         status: u16,
         started: Instant,
     ) {
-        if self.quiet {
+        if self.quiet || target == WATCHDOG_TARGET {
             return;
         }
         let peer = peer.map_or("-".to_string(), |p| p.to_string());
