@@ -62,15 +62,16 @@ fn max_stored_bytes_bounds_resident_memory_with_one_byte_events() {
     let before = resident_bytes(&abide);
     // Twice what fits: the oldest are dropped to stay under the limit.
     publish_one_byte_events(&mut stream, 100_000, 10);
-    let grown = resident_bytes(&abide).saturating_sub(before);
+    // Transient buffers of the burst are given back a second after it
+    // (the kicker's trim); what stays is the store.
+    let grown = || resident_bytes(&abide).saturating_sub(before);
+    common::wait_until("resident memory within 1.25 x --max-stored-bytes", || {
+        grown() <= LIMIT + LIMIT / 4
+    });
     eprintln!(
         "resident memory grew by {:.1} MiB for --max-stored-bytes {} MiB",
-        grown as f64 / 1048576.0,
+        grown() as f64 / 1048576.0,
         LIMIT >> 20
-    );
-    assert!(
-        grown <= LIMIT + LIMIT / 4,
-        "resident memory grew by {grown} bytes under --max-stored-bytes {LIMIT}"
     );
     let stats = common::parse_raw(&common::raw(
         abide.addr,

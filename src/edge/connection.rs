@@ -59,6 +59,30 @@ impl ConnectionSocket {
         let _ = SockRef::from(&self.fd).shutdown(Shutdown::Both);
     }
 
+    /// Makes the connection's final close abortive (a reset) once the
+    /// client has acknowledged everything written, waiting for that at most
+    /// `wait`. A client still sending a refused body would otherwise block
+    /// for ever against a socket that reads nothing more (after a shutdown
+    /// for reading the window stays shut); with the reset its send fails
+    /// and it reads the answer it already has (Python's `requests`, curl).
+    pub fn reset_once_delivered(&self, wait: Duration) {
+        use std::os::fd::AsRawFd;
+        let deadline = Instant::now() + wait;
+        loop {
+            let mut unacknowledged: libc::c_int = 0;
+            // SAFETY: TIOCOUTQ (SIOCOUTQ for sockets) writes one int.
+            let ok =
+                unsafe { libc::ioctl(self.fd.as_raw_fd(), libc::TIOCOUTQ, &mut unacknowledged) }
+                    == 0;
+            if !ok || unacknowledged == 0 || Instant::now() >= deadline {
+                break;
+            }
+            // The answer is a few hundred bytes: an ACK is a round trip away.
+            thread::sleep(Duration::from_millis(1));
+        }
+        let _ = SockRef::from(&self.fd).set_linger(Some(Duration::ZERO));
+    }
+
     /// The socket's inode: which socket this is, whatever descriptor or
     /// address reaches it (a new connection from a reused client port is
     /// another socket).

@@ -409,6 +409,12 @@ impl Edge {
         });
     }
 
+    fn lane_busy(&self, request: &Request) -> bool {
+        request
+            .remote_addr()
+            .is_some_and(|peer| self.writer.lane_busy(peer))
+    }
+
     /// A head tiny_http refused itself (it has answered `400`, `408`, `417`
     /// or `505` and closed that connection) is counted; a connection that
     /// simply ended between requests is not.
@@ -502,6 +508,23 @@ impl Edge {
             Err(err) => Reply::error(&err),
             Ok(Action::Publish { channel }) => {
                 return self.writer.submit(Work::Publish {
+                    request,
+                    channel,
+                    started,
+                });
+            }
+            // Behind other requests of its connection, a poll or a deletion
+            // takes effect in its turn, after theirs (and a poll then takes
+            // its slot only at the head: one connection, one slot).
+            Ok(Action::Poll(spec)) if self.lane_busy(&request) => {
+                return self.writer.submit(Work::Poll {
+                    request,
+                    spec,
+                    started,
+                });
+            }
+            Ok(Action::DeleteChannel { channel }) if self.lane_busy(&request) => {
+                return self.writer.submit(Work::Delete {
                     request,
                     channel,
                     started,

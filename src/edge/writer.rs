@@ -39,12 +39,13 @@ use tiny_http::{HTTPVersion, Header, Method, Request, Response, StatusCode};
 
 use crate::api::reply::{MISSED_HEADER, Reply};
 use crate::api::request;
+use crate::api::request::PollSpec;
 use crate::config::Config;
 use crate::edge::connection::SocketFinder;
 use crate::edge::pool::Pool;
 use crate::edge::watchdog::WATCHDOG_TARGET;
 use crate::error::Error;
-use crate::hub::{Hub, Ticket, Wake};
+use crate::hub::{Hub, PollStart, Ticket, Wake};
 
 /// Stack of a waiter thread: it waits and writes a prepared answer.
 pub const WAITER_STACK_BYTES: usize = 64 * 1024;
@@ -56,6 +57,9 @@ pub const WRITER_STACK_BYTES: usize = 512 * 1024;
 pub const MAX_PIPELINED_REQUESTS: usize = 64;
 /// Longest request target written to the access log.
 const LOG_TARGET_CHARS: usize = 200;
+/// How long a closed connection's answer may take to be acknowledged before
+/// the connection is reset anyway (`ConnectionSocket::reset_once_delivered`).
+const RESET_WAIT: Duration = Duration::from_secs(1);
 /// After abide closes a connection, requests from its peer address that
 /// still reach dispatch for this long are refused, never executed.
 pub const CLOSED_HOLD: Duration = Duration::from_secs(10);
@@ -74,6 +78,21 @@ pub enum Work {
     },
     /// Read the body, publish, answer.
     Publish {
+        request: Request,
+        channel: String,
+        started: Instant,
+    },
+    /// A poll that arrived behind other requests of its connection: decided
+    /// (answer now, or wait and take a slot) only when it reaches the head of
+    /// the lane, after their effects, so one connection holds one slot.
+    Poll {
+        request: Request,
+        spec: PollSpec,
+        started: Instant,
+    },
+    /// A deletion that arrived behind other requests of its connection: done
+    /// when it reaches the head of the lane, after their effects.
+    Delete {
         request: Request,
         channel: String,
         started: Instant,
@@ -102,6 +121,8 @@ impl Work {
             Work::Answer { request, .. }
             | Work::Publish { request, .. }
             | Work::Wait { request, .. }
+            | Work::Poll { request, .. }
+            | Work::Delete { request, .. }
             | Work::Verify { request, .. } => request,
         }
     }
@@ -116,6 +137,12 @@ impl Work {
                 request, started, ..
             }
             | Work::Wait {
+                request, started, ..
+            }
+            | Work::Poll {
+                request, started, ..
+            }
+            | Work::Delete {
                 request, started, ..
             }
             | Work::Verify { request, started } => (request, started),
@@ -137,6 +164,10 @@ enum Kind {
 /// Requests queued behind the one being answered, per connection.
 #[derive(Default)]
 struct Lane {
+    /// Which lane this is: a lane detached from its peer address (its
+    /// connection was closed and a new connection from the same address
+    /// came) is recognised by its worker, which then stops.
+    id: u64,
     queue: VecDeque<Work>,
     /// A write failed, the connection was closed, or the client piled up
     /// requests: discard the rest.
@@ -168,6 +199,8 @@ struct Lanes {
     closed: HashMap<SocketAddr, (Instant, Option<u64>)>,
     /// `closed` is swept of expired entries when it doubles past this size.
     closed_sweep_at: usize,
+    /// The id of the next lane.
+    next_lane_id: u64,
 }
 
 impl Lanes {
@@ -201,8 +234,8 @@ pub struct Writer {
     quiet: bool,
     /// Finds a connection's socket to close it (`connection.rs`).
     finder: SocketFinder,
-    waiters: Pool<Work>,
-    writers: Pool<Work>,
+    waiters: Pool<(u64, Work)>,
+    writers: Pool<(u64, Work)>,
     /// Connections with a request being answered (and those queued behind
     /// it), and the recently closed ones.
     lanes: Mutex<Lanes>,
@@ -226,9 +259,9 @@ impl Writer {
                     "abide-waiter",
                     config.max_waiters,
                     WAITER_STACK_BYTES,
-                    move |work| {
+                    move |(lane, work)| {
                         if let Some(writer) = for_waiters.upgrade() {
-                            writer.run(work, Kind::Waiter);
+                            writer.run(lane, work, Kind::Waiter);
                         }
                     },
                 ),
@@ -236,9 +269,9 @@ impl Writer {
                     "abide-writer",
                     config.max_writers,
                     WRITER_STACK_BYTES,
-                    move |work| {
+                    move |(lane, work)| {
                         if let Some(writer) = for_writers.upgrade() {
-                            writer.run(work, Kind::Writer);
+                            writer.run(lane, work, Kind::Writer);
                         }
                     },
                 ),
@@ -252,13 +285,22 @@ impl Writer {
     /// any request has an effect.
     pub fn peer_state(&self, peer: &SocketAddr) -> PeerState {
         let mut lanes = self.lanes.lock();
-        if lanes.active.get(peer).is_some_and(|lane| lane.closing) {
-            PeerState::Closing
-        } else if lanes.closed(peer, Instant::now()).is_some() {
+        // Once the socket is shut, the address may be reused by a new
+        // connection: verify. Before that, it can only be the same one.
+        if lanes.closed(peer, Instant::now()).is_some() {
             PeerState::RecentlyClosed
+        } else if lanes.active.get(peer).is_some_and(|lane| lane.closing) {
+            PeerState::Closing
         } else {
             PeerState::Open
         }
+    }
+
+    /// Whether a request of `peer`'s connection is being answered (or waits):
+    /// then a new poll or deletion of it must wait its turn (`Work::Poll`,
+    /// `Work::Delete`) for its effect to come after theirs.
+    pub fn lane_busy(&self, peer: &SocketAddr) -> bool {
+        self.lanes.lock().active.contains_key(peer)
     }
 
     /// Sets what routes a verified request again (`Work::Verify`): the
@@ -269,16 +311,20 @@ impl Writer {
 
     /// Takes a request from the dispatch thread. Never blocks.
     pub fn submit(&self, work: Work) {
-        if let Some(peer) = work.request().remote_addr().copied() {
-            let closes = matches!(
-                work,
-                Work::Answer {
-                    close: Close::Yes,
-                    ..
-                }
-            );
-            let mut lanes = self.lanes.lock();
-            if let Some(lane) = lanes.active.get_mut(&peer) {
+        let Some(peer) = work.request().remote_addr().copied() else {
+            return self.start(0, work);
+        };
+        let closes = matches!(
+            work,
+            Work::Answer {
+                close: Close::Yes,
+                ..
+            }
+        );
+        let mut lanes = self.lanes.lock();
+        let mut detached = None;
+        if let Some(lane) = lanes.active.get_mut(&peer) {
+            if !(matches!(work, Work::Verify { .. }) && lane.dead) {
                 lane.closing |= closes;
                 // A thread is on this connection; it takes this one next.
                 if lane.queue.len() >= MAX_PIPELINED_REQUESTS {
@@ -287,13 +333,26 @@ impl Writer {
                 lane.queue.push_back(work);
                 return;
             }
-            let lane = Lane {
-                closing: closes,
-                ..Lane::default()
-            };
-            lanes.active.insert(peer, lane);
+            // The lane of a connection abide closed, still finishing: a
+            // request to verify may come from a new connection, so it gets
+            // a lane of its own, and the old one is detached (its worker
+            // stops when it sees that).
+            detached = lanes.active.remove(&peer);
         }
-        self.start(work);
+        let id = lanes.next_lane_id;
+        lanes.next_lane_id += 1;
+        let lane = Lane {
+            id,
+            closing: closes,
+            ..Lane::default()
+        };
+        lanes.active.insert(peer, lane);
+        drop(lanes);
+        if let Some(old) = detached {
+            // Requests of the closed connection: never run, never answered.
+            old.queue.into_iter().for_each(discard_work);
+        }
+        self.start(id, work);
     }
 
     /// Marks the lane of `peer` as closing, before its connection's reader is
@@ -308,13 +367,13 @@ impl Writer {
     }
 
     /// Hands a lane's head to the pool of its kind.
-    fn start(&self, work: Work) {
+    fn start(&self, lane: u64, work: Work) {
         let result = if work.is_wait() {
-            self.waiters.submit(work)
+            self.waiters.submit((lane, work))
         } else {
-            self.writers.submit(work)
+            self.writers.submit((lane, work))
         };
-        if let Err(work) = result {
+        if let Err((lane, work)) = result {
             // No thread could be spawned: answer on whichever pool works.
             let err = Error::Busy {
                 message: "no thread could be started; retry later".into(),
@@ -327,20 +386,33 @@ impl Writer {
                 started,
                 close: Close::No,
             };
-            if let Err(fallback) = self.writers.submit(fallback) {
+            if let Err((lane, fallback)) = self.writers.submit((lane, fallback)) {
                 // Not even a writer: answer here, on the caller's thread, which
                 // also finishes the connection's lane so that it cannot stick.
-                self.run(fallback, Kind::Writer);
+                self.run(lane, fallback, Kind::Writer);
             }
         }
     }
 
-    /// A pool thread's job: answer `work`, then the rest of its connection's lane.
-    fn run(&self, mut work: Work, kind: Kind) {
+    /// A pool thread's job: answer `work`, then the rest of its connection's
+    /// lane (number `lane`).
+    fn run(&self, lane: u64, mut work: Work, kind: Kind) {
         loop {
             let peer = work.request().remote_addr().copied();
-            let dead =
-                peer.is_some_and(|p| self.lanes.lock().active.get(&p).is_some_and(|l| l.dead));
+            let dead = peer.is_some_and(|p| {
+                self.lanes
+                    .lock()
+                    .active
+                    .get(&p)
+                    .is_none_or(|l| l.id != lane || l.dead)
+            });
+            if !dead {
+                work = self.decide(work);
+            }
+            if work.is_wait() && kind != Kind::Waiter {
+                // A deferred poll that must wait: a waiter takes the lane on.
+                return self.start(lane, work);
+            }
             let (written, closed) = if dead {
                 discard_work(work);
                 (false, false)
@@ -352,12 +424,12 @@ impl Writer {
             };
             let next = {
                 let mut lanes = self.lanes.lock();
-                let lane = lanes
-                    .active
-                    .get_mut(&peer)
-                    .expect("a lane outlives its work");
-                lane.dead |= !written || closed;
-                match lane.queue.pop_front() {
+                let Some(current) = lanes.active.get_mut(&peer).filter(|l| l.id == lane) else {
+                    // Detached (see `submit`): what was queued was discarded.
+                    return;
+                };
+                current.dead |= !written || closed;
+                match current.queue.pop_front() {
                     Some(next) => next,
                     None => {
                         lanes.active.remove(&peer);
@@ -371,9 +443,46 @@ impl Writer {
                 Kind::Writer
             };
             if mine != kind {
-                return self.start(next);
+                return self.start(lane, next);
             }
             work = next;
+        }
+    }
+
+    /// Decides a deferred poll or deletion at the head of its lane: the
+    /// deletion is done and answered, the poll answered now or made to wait.
+    fn decide(&self, work: Work) -> Work {
+        let (request, reply, started) = match work {
+            Work::Poll {
+                request,
+                spec,
+                started,
+            } => match self.hub.begin_poll(&spec) {
+                Ok(PollStart::Wait(ticket)) => {
+                    return Work::Wait {
+                        request,
+                        ticket,
+                        started,
+                    };
+                }
+                Ok(PollStart::Now(answer)) => (request, Reply::poll(answer), started),
+                Err(err) => (request, Reply::error(&err), started),
+            },
+            Work::Delete {
+                request,
+                channel,
+                started,
+            } => {
+                self.hub.delete(&channel);
+                (request, Reply::empty(204), started)
+            }
+            other => return other,
+        };
+        Work::Answer {
+            request,
+            reply,
+            started,
+            close: Close::No,
         }
     }
 
@@ -410,6 +519,10 @@ impl Writer {
                 (written, close != Close::No)
             }
             Work::Verify { request, started } => self.verify(request, started),
+            // Decided at the head of the lane (`decide`) before they get here.
+            Work::Poll { .. } | Work::Delete { .. } => {
+                unreachable!("deferred work is decided before it runs")
+            }
             Work::Wait {
                 request,
                 ticket,
@@ -540,14 +653,22 @@ impl Writer {
         if written {
             self.hub.count_delivered(events);
         }
+        if let Some(peer) = peer {
+            // Before the socket is shut down (after which the client may
+            // reuse its port): requests from this address are verified from
+            // now on, and nothing more of this lane runs.
+            let inode = socket.as_ref().map(|s| s.inode());
+            let mut lanes = self.lanes.lock();
+            lanes.mark_closed(peer, inode, Instant::now());
+            if let Some(lane) = lanes.active.get_mut(&peer) {
+                lane.dead = true;
+            }
+        }
         if let Some(socket) = &socket {
             socket.shut_down();
+            socket.reset_once_delivered(RESET_WAIT);
         }
         drop(writer);
-        if let Some(peer) = peer {
-            let inode = socket.as_ref().map(|s| s.inode());
-            self.lanes.lock().mark_closed(peer, inode, Instant::now());
-        }
         self.hub.count_closed_connection();
         self.log(&method, &target, peer, status, started);
         written

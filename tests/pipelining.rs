@@ -1,0 +1,100 @@
+//! Pipelined requests on one connection: their effects come in order, and a
+//! connection holds at most one wait slot.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+
+use common::HANG_GUARD;
+
+/// Reads `count` complete answers from `stream`, in order.
+fn answers(stream: &mut TcpStream, count: usize) -> Vec<common::Resp> {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 8192];
+    let mut out = Vec::new();
+    while out.len() < count {
+        if let Some((resp, used)) = next_answer(&buf) {
+            buf.drain(..used);
+            out.push(resp);
+            continue;
+        }
+        let n = stream
+            .read(&mut chunk)
+            .expect("answers within the hang guard");
+        assert!(n > 0, "closed after {} answers: {out:?}", out.len());
+        buf.extend_from_slice(&chunk[..n]);
+    }
+    out
+}
+
+/// The first complete answer in `buf` and how many bytes it took.
+fn next_answer(buf: &[u8]) -> Option<(common::Resp, usize)> {
+    let resp = common::complete_response(buf)?;
+    let head_end = buf.windows(4).position(|w| w == b"\r\n\r\n")? + 4;
+    let length: usize = resp
+        .header("content-length")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    Some((resp, head_end + length))
+}
+
+/// Regression: a poll pipelined behind a publish on the same connection sees that publish (it used to be decided before the publish's body was read, and answered 204).
+#[test]
+fn a_poll_pipelined_behind_a_publish_sees_it() {
+    let server = common::start();
+    for round in 0..20 {
+        let cursor = server.publish("ordered", &round.to_string());
+        let mut stream = TcpStream::connect(server.addr).unwrap();
+        stream.set_read_timeout(Some(HANG_GUARD)).unwrap();
+        let requests = format!(
+            "GET /channels/ordered/events?timeout=0&last_event_id={cursor} HTTP/1.1\r\nHost: x\r\n\r\n\
+             POST /channels/ordered/events HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\n\"new\"\
+             GET /channels/ordered/events?timeout=5&last_event_id={cursor} HTTP/1.1\r\nHost: x\r\n\r\n\
+             DELETE /channels/ordered HTTP/1.1\r\nHost: x\r\n\r\n\
+             GET /channels/ordered/events?timeout=0&last_event_id={cursor} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        );
+        stream.write_all(requests.as_bytes()).unwrap();
+        let got = answers(&mut stream, 5);
+        let statuses: Vec<u16> = got.iter().map(|r| r.status).collect();
+        assert_eq!(
+            statuses,
+            [204, 201, 200, 204, 204],
+            "round {round}: {got:?}"
+        );
+        let published = got[1].json()["id"].as_u64().unwrap();
+        assert_eq!(got[2].ids(), [published], "round {round}");
+    }
+}
+
+/// Regression: one connection pipelining many polls holds at most one wait slot (it used to take a slot per poll at once, and could take them all).
+#[test]
+fn one_connection_holds_at_most_one_wait_slot() {
+    let server = common::start_with(abide::Config {
+        max_waiters: 4,
+        ..common::config()
+    });
+    let mut greedy = TcpStream::connect(server.addr).unwrap();
+    greedy.set_read_timeout(Some(HANG_GUARD)).unwrap();
+    let polls: String = (0..10)
+        .map(|_| "GET /channels/quiet/events?timeout=1 HTTP/1.1\r\nHost: x\r\n\r\n")
+        .collect();
+    greedy.write_all(polls.as_bytes()).unwrap();
+    server.wait_for_stat("waiters", |n| n == 1);
+    // The other slots stay free for everyone else.
+    let others: Vec<_> = (0..3)
+        .map(|_| server.spawn_get("/channels/other/events?timeout=30"))
+        .collect();
+    server.wait_for_stat("waiters", |n| n == 4);
+    let id = server.publish("other", "1");
+    for other in others {
+        assert_eq!(
+            common::join_within(other, "another client's poll").ids(),
+            [id]
+        );
+    }
+    // The greedy connection's polls are answered one after another.
+    let got = answers(&mut greedy, 10);
+    assert!(got.iter().all(|r| r.status == 204), "{got:?}");
+    assert_eq!(server.stats()["polls_rejected"], 0);
+}
