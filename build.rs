@@ -6,7 +6,9 @@
 //!   (`npm ci --prefix tests/browser`) are there;
 //! - `abide_python`: `python3` is on PATH;
 //! - `abide_curl`: `curl` is on PATH;
-//! - `abide_nginx`: `nginx` is on PATH or in /usr/sbin.
+//! - `abide_nginx`: `nginx` is on PATH or in /usr/sbin;
+//! - `abide_cross`: the target is not the host (tests then run under
+//!   qemu-user, where resident memory is not abide's alone).
 //!
 //! `ABIDE_REQUIRE_TOOLS=1` (set by `.ci/run`) makes a missing one a build
 //! failure, so CI cannot go green without running those tests. It runs again
@@ -49,6 +51,12 @@ fn main() {
             )],
         ),
     ];
+    // A cross build's tests run under qemu-user (make test-pi), where a
+    // process's resident memory is the emulator's as much as abide's.
+    println!("cargo::rustc-check-cfg=cfg(abide_cross)");
+    if env::var("TARGET").ok() != env::var("HOST").ok() {
+        println!("cargo::rustc-cfg=abide_cross");
+    }
     let mut missing_any = false;
     for (cfg, needs) in tools {
         println!("cargo::rustc-check-cfg=cfg({cfg})");

@@ -47,6 +47,10 @@ fn publish_one_byte_events(stream: &mut TcpStream, count: usize, channels: usize
 
 /// Regression: `--max-stored-bytes` holds for resident memory with one-byte events, whose overhead used to go uncounted (64 MiB of them took 144 MiB).
 #[test]
+#[cfg_attr(
+    abide_cross,
+    ignore = "under qemu-user (make test-pi) resident memory is the emulator's too; runs natively"
+)]
 fn max_stored_bytes_bounds_resident_memory_with_one_byte_events() {
     const LIMIT: u64 = 8 << 20;
     let abide = Abide::serve(&[
@@ -85,6 +89,10 @@ fn max_stored_bytes_bounds_resident_memory_with_one_byte_events() {
 
 /// Regression: after one client's 10 MB of headers is gone, resident memory comes back to within 8 MiB of where it was (it used to keep 55 MiB of it).
 #[test]
+#[cfg_attr(
+    abide_cross,
+    ignore = "under qemu-user (make test-pi) resident memory is the emulator's too; runs natively"
+)]
 fn memory_is_given_back_after_a_burst_of_headers() {
     let abide = Abide::serve(&["--quiet"]);
     let before = resident_bytes(&abide);
