@@ -9,13 +9,7 @@ use common::{Abide, HANG_GUARD};
 
 /// Resident memory of `abide`, in bytes, from /proc.
 fn resident_bytes(abide: &Abide) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{}/status", abide.child.id())).unwrap();
-    let kib: u64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .expect("VmRSS");
-    kib * 1024
+    common::proc_status_field(abide.child.id(), "VmRSS:") * 1024
 }
 
 /// Publishes `count` one-byte events round-robin over `channels`, pipelined

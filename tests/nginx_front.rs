@@ -154,18 +154,14 @@ fn abide() -> Abide {
 /// abide's threads, descriptors and resident memory (KiB), from /proc.
 fn footprint(abide: &Abide) -> (u64, u64, u64) {
     let pid = abide.child.id();
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let field = |name: &str| -> u64 {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(name))
-            .and_then(|v| v.split_whitespace().next()?.parse().ok())
-            .unwrap_or_else(|| panic!("{name} in {status}"))
-    };
     let fds = std::fs::read_dir(format!("/proc/{pid}/fd"))
         .unwrap()
         .count() as u64;
-    (field("Threads:"), fds, field("VmRSS:"))
+    (
+        common::proc_status_field(pid, "Threads:"),
+        fds,
+        common::proc_status_field(pid, "VmRSS:"),
+    )
 }
 
 /// The API through the front: publish, a long poll woken by a publish, 204 on timeout, Abide-Missed, Last-Event-ID, and 503 with Retry-After at abide's cap.

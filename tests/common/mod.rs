@@ -287,6 +287,16 @@ pub fn complete_response(buf: &[u8]) -> Option<Resp> {
     }
 }
 
+/// A number field of `/proc/PID/status` (`Threads:`, `VmRSS:` in KiB).
+pub fn proc_status_field(pid: u32, name: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("/proc status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(name))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in {status}"))
+}
+
 /// Parses the first final answer of a complete raw exchange.
 pub fn parse_raw(raw: &str) -> Resp {
     complete_response(raw.as_bytes()).unwrap_or_else(|| panic!("no complete answer in {raw:?}"))
