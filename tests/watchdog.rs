@@ -73,7 +73,7 @@ impl Drop for Systemd {
 }
 
 /// `abide serve` under our stand-in systemd, with at most `max_descriptors`.
-fn serve(systemd: &Systemd, max_descriptors: u64) -> (Child, std::net::SocketAddr) {
+fn serve(systemd: &Systemd, max_descriptors: libc::rlim_t) -> (Child, std::net::SocketAddr) {
     let mut command = Command::new(env!("CARGO_BIN_EXE_abide"));
     command
         .args(["serve", "--listen", "127.0.0.1:0", "--quiet"])
