@@ -12,7 +12,13 @@ use abide::{Config, Shutdown};
 
 /// Hang guard for anything a test waits on (generous: the suite must not be
 /// flaky on 2 loaded cores).
-pub const HANG_GUARD: Duration = Duration::from_secs(30);
+/// A cross build's tests run under qemu-user (`make test-pi`, build.rs sets
+/// `abide_cross`), two to four times slower, and get three times as long.
+pub const HANG_GUARD: Duration = if cfg!(abide_cross) {
+    Duration::from_secs(90)
+} else {
+    Duration::from_secs(30)
+};
 
 /// A server started in this process; stopped (and joined) on drop.
 pub struct TestServer {
