@@ -170,6 +170,34 @@ fn bound_client(port: Option<u16>) -> socket2::Socket {
     socket
 }
 
+/// Regression: a body on a request that reads none (a GET, a DELETE) is refused at once above 1 KiB and its connection closed, so a client trickling it holds nothing (tiny_http used to read it, byte by byte, after the answer); up to 1 KiB it is ignored.
+#[test]
+fn a_trickled_body_on_a_get_is_refused_at_once() {
+    // Bodies up to 64 KiB may be published; the idle timeout is long.
+    let server = common::start_with(Config {
+        idle_timeout: Duration::from_secs(120),
+        ..common::config()
+    });
+    let mut stream = TcpStream::connect(server.addr).unwrap();
+    stream.set_read_timeout(Some(HANG_GUARD)).unwrap();
+    stream
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nContent-Length: 5000\r\n\r\nabc")
+        .unwrap();
+    let started = Instant::now();
+    let raw = common::read_until_close(&mut stream);
+    assert!(started.elapsed() < HANG_GUARD, "{raw:?}");
+    common::parse_raw(&raw).assert_error(400, "carry no body");
+    let raw = exchange(
+        server.addr,
+        format!(
+            "DELETE /channels/x HTTP/1.1\r\nHost: x\r\nContent-Length: 1024\r\nConnection: close\r\n\r\n{}",
+            "y".repeat(1024)
+        )
+        .as_bytes(),
+    );
+    assert_eq!(common::final_status(&raw), Some(204), "{raw:?}");
+}
+
 /// Regression: `Transfer-Encoding: gzip` is refused at once (not answered 408 after a wait), and the connection closed.
 #[test]
 fn unsupported_transfer_coding_is_refused_at_once() {

@@ -45,6 +45,10 @@ use crate::error::Error;
 use crate::hub::{Hub, HubLimits, PollStart};
 use crate::shutdown::Shutdown;
 
+/// Largest body a request that reads none (anything but a publish) may
+/// carry: tiny_http reads up to this much with the head, before abide sees
+/// the request. A larger one is refused, and its connection closed.
+const UNREAD_BODY_MAX_BYTES: usize = 1024;
 /// Stack of a dispatch thread.
 const DISPATCH_STACK_BYTES: usize = 256 * 1024;
 /// Stack of the kicker thread.
@@ -479,11 +483,23 @@ impl Edge {
             BodyFraming::Length(declared) if declared > self.config.max_event_bytes as u64 => {
                 return refuse(request, too_large, Close::Yes);
             }
-            // tiny_http does not read an unread chunked body to its end, so
-            // only a publish may send one.
+            // Only a publish reads a body. tiny_http never reads an unread
+            // chunked body to its end, and reads an unread declared body
+            // beyond what it buffered (1 KiB) when the request is dropped,
+            // at whatever pace the client trickles it: refused at once.
             BodyFraming::Chunked if *request.method() != tiny_http::Method::Post => {
                 let err = Error::BadRequest(format!(
                     "{} requests carry no body here; a chunked body is only accepted when publishing",
+                    request.method()
+                ));
+                return refuse(request, err, Close::Yes);
+            }
+            BodyFraming::Length(declared)
+                if declared > UNREAD_BODY_MAX_BYTES as u64
+                    && *request.method() != tiny_http::Method::Post =>
+            {
+                let err = Error::BadRequest(format!(
+                    "{} requests carry no body here; at most {UNREAD_BODY_MAX_BYTES} bytes are ignored",
                     request.method()
                 ));
                 return refuse(request, err, Close::Yes);
