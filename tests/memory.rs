@@ -61,11 +61,16 @@ fn max_stored_bytes_bounds_resident_memory_with_one_byte_events() {
     // Twice what fits: the oldest are dropped to stay under the limit.
     publish_one_byte_events(&mut stream, 100_000, 10);
     // Transient buffers of the burst are given back a second after it
-    // (the kicker's trim); what stays is the store.
+    // (the kicker's trim); what stays is the store, plus what the pool
+    // threads the burst started hold until they retire (under a loaded test
+    // run, up to a few MiB). The old accounting let the store alone take
+    // 16.7 MiB here.
+    const SLACK: u64 = 4 << 20;
     let grown = || resident_bytes(&abide).saturating_sub(before);
-    common::wait_until("resident memory within 1.25 x --max-stored-bytes", || {
-        grown() <= LIMIT + LIMIT / 4
-    });
+    common::wait_until(
+        "resident memory within 1.25 x --max-stored-bytes + 4 MiB",
+        || grown() <= LIMIT + LIMIT / 4 + SLACK,
+    );
     eprintln!(
         "resident memory grew by {:.1} MiB for --max-stored-bytes {} MiB",
         grown() as f64 / 1048576.0,
