@@ -237,11 +237,7 @@ impl Hub {
         if st.shutting_down {
             return Err(shutting_down());
         }
-        let dropped = st.expire(now, limits);
-        self.shared
-            .counters
-            .events_dropped
-            .fetch_add(dropped as u64, Relaxed);
+        self.expire(&mut st, now);
 
         // A cursor this server cannot have issued is answered with what is held.
         let future = spec.cursor > st.ids.horizon(wall_micros(SystemTime::now()));
@@ -320,7 +316,6 @@ impl Hub {
     /// Unregisters the poll from its channels; the slot stays taken until the
     /// ticket is dropped (after the answer is written).
     pub fn wait(&self, ticket: &Ticket) -> Answer {
-        let limits = &self.shared.limits;
         let names: Vec<&str> = ticket.channels.iter().map(|(n, _)| &**n).collect();
         let mut st = self.shared.state.lock();
         let answer = loop {
@@ -336,11 +331,7 @@ impl Hub {
                 };
             }
             let now = Instant::now();
-            let dropped = st.expire(now, limits);
-            self.shared
-                .counters
-                .events_dropped
-                .fetch_add(dropped as u64, Relaxed);
+            self.expire(&mut st, now);
             let batch = st.read(&names, ticket.cursor, ticket.limit);
             if !batch.events.is_empty() {
                 break Answer::Events {
@@ -382,8 +373,8 @@ impl Hub {
     }
 
     /// Drops events past `--event-ttl` (and counts them), under the lock.
-    fn expire(&self, st: &mut State) {
-        let dropped = st.expire(Instant::now(), &self.shared.limits);
+    fn expire(&self, st: &mut State, now: Instant) {
+        let dropped = st.expire(now, &self.shared.limits);
         self.shared
             .counters
             .events_dropped
@@ -393,7 +384,7 @@ impl Hub {
     /// The `GET /channels/{name}` figures, or `None` for an unknown channel.
     pub fn channel_info(&self, channel: &str) -> Option<serde_json::Value> {
         let mut st = self.shared.state.lock();
-        self.expire(&mut st);
+        self.expire(&mut st, Instant::now());
         let ch = st.channels.get(channel)?;
         Some(serde_json::json!({
             "channel": channel,
@@ -449,7 +440,7 @@ impl Hub {
     pub fn stats(&self) -> Stats {
         let (waiters, peak_waiters, channels, events_stored, stored_bytes) = {
             let mut st = self.shared.state.lock();
-            self.expire(&mut st);
+            self.expire(&mut st, Instant::now());
             (
                 st.waiters,
                 st.peak_waiters,
