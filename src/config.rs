@@ -40,6 +40,16 @@ pub struct Config {
     pub write_timeout: Duration,
     /// Threads that may answer requests at once (publishes, immediate answers).
     pub max_writers: usize,
+    /// Requests waiting for a writer thread when all `max_writers` are busy;
+    /// one more is refused (`503`, or its connection cut if even that
+    /// cannot be queued).
+    pub max_backlog: usize,
+    /// Requests one connection may have queued behind the one being
+    /// answered; one more and the connection is cut.
+    pub max_pipelined_requests: usize,
+    /// Bytes (request lines and headers) one connection may have queued
+    /// behind the one being answered; more and the connection is cut.
+    pub max_pipelined_bytes: usize,
     /// `Access-Control-Allow-Origin` value; `None` sends no CORS headers.
     pub cors_origin: Option<String>,
     /// No access log.
@@ -63,6 +73,9 @@ impl Default for Config {
             idle_timeout: Duration::from_secs(75),
             write_timeout: Duration::from_secs(10),
             max_writers: 64,
+            max_backlog: 1024,
+            max_pipelined_requests: 64,
+            max_pipelined_bytes: 64 * 1024,
             cors_origin: None,
             quiet: false,
             demo: true,
@@ -149,6 +162,24 @@ impl Config {
             return fail(format!(
                 "--max-writers must be between 1 and 10000, got {}",
                 self.max_writers
+            ));
+        }
+        if !(1..=1_000_000).contains(&self.max_backlog) {
+            return fail(format!(
+                "--max-backlog must be between 1 and 1000000 requests, got {}",
+                self.max_backlog
+            ));
+        }
+        if !(1..=10_000).contains(&self.max_pipelined_requests) {
+            return fail(format!(
+                "--max-pipelined-requests must be between 1 and 10000, got {}",
+                self.max_pipelined_requests
+            ));
+        }
+        if !(1024..=16 * 1024 * 1024).contains(&self.max_pipelined_bytes) {
+            return fail(format!(
+                "--max-pipelined-bytes must be between 1024 and 16777216, got {}",
+                self.max_pipelined_bytes
             ));
         }
         if let Some(origin) = &self.cors_origin {

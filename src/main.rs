@@ -110,6 +110,15 @@ struct Serve {
     /// threads that may write answers and read bodies at once (default 64)
     #[argh(option, default = "64")]
     max_writers: usize,
+    /// requests that may wait for a writer thread when all are busy; one more is answered 503 (default 1024)
+    #[argh(option, default = "1024")]
+    max_backlog: usize,
+    /// requests one connection may queue behind the one being answered; one more ends the connection (default 64)
+    #[argh(option, default = "64")]
+    max_pipelined_requests: usize,
+    /// bytes of request heads one connection may queue behind the one being answered; more ends the connection (default 65536)
+    #[argh(option, default = "65536")]
+    max_pipelined_bytes: usize,
     /// send Access-Control-Allow-Origin with this value (an origin, or *) and answer preflights
     #[argh(option)]
     cors_origin: Option<String>,
@@ -136,6 +145,9 @@ impl Serve {
             idle_timeout: Duration::from_secs(self.idle_timeout),
             write_timeout: Duration::from_secs(self.write_timeout),
             max_writers: self.max_writers,
+            max_backlog: self.max_backlog,
+            max_pipelined_requests: self.max_pipelined_requests,
+            max_pipelined_bytes: self.max_pipelined_bytes,
             cors_origin: self.cors_origin,
             quiet: self.quiet,
             demo: !self.no_demo,

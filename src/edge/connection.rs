@@ -18,6 +18,13 @@
 //! however many refusals arrive (and cost nothing noticeable when few
 //! descriptors are open). Writer threads ask and wait for the answer
 //! (`SocketFinder::find`); the finder blocks on its channel when idle.
+//!
+//! Cutting: a connection abide must end without writing to it (one that
+//! pipelined past its bound, or whose request found every pool full) is
+//! handed over whole (`SocketFinder::cut`): the finder shuts its socket down
+//! and resets it at its next pass, then drops what it was given (a request
+//! whose unread body would otherwise be read at the client's pace), on its
+//! own thread, so no caller ever waits or writes for it.
 
 use std::collections::HashMap;
 use std::io;
@@ -26,7 +33,7 @@ use std::os::fd::{FromRawFd, OwnedFd, RawFd};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+use crossbeam_channel::{Receiver, Sender};
 use parking_lot::Mutex;
 use socket2::{SockAddr, SockRef};
 
@@ -80,6 +87,11 @@ impl ConnectionSocket {
             // The answer is a few hundred bytes: an ACK is a round trip away.
             thread::sleep(Duration::from_millis(1));
         }
+        self.reset_now();
+    }
+
+    /// Makes the connection's final close abortive (a reset), at once.
+    pub fn reset_now(&self) {
         let _ = SockRef::from(&self.fd).set_linger(Some(Duration::ZERO));
     }
 
@@ -103,9 +115,23 @@ struct Search {
     answer: Sender<Option<ConnectionSocket>>,
 }
 
-/// The finder thread and the channel that feeds it.
+/// What to run once a cut connection's socket is shut down: given the
+/// socket's inode, or `None` if it was closed already.
+pub type AfterCut = Box<dyn FnOnce(Option<u64>) + Send>;
+
+/// A connection to cut: its peer, and what to run once its socket is shut.
+struct Cut {
+    peer: SocketAddr,
+    then: AfterCut,
+}
+
+/// The finder thread and the channels that feed it.
 pub struct SocketFinder {
     searches: Sender<Search>,
+    /// Unbounded, but one entry per connection being cut at most (callers
+    /// drop what needs no reading themselves), so bounded by the
+    /// descriptor limit.
+    cuts: Sender<Cut>,
     thread: Mutex<Option<JoinHandle<()>>>,
     stop: Sender<()>,
 }
@@ -114,16 +140,25 @@ impl SocketFinder {
     /// Starts the finder for sockets accepted on `listen_port`.
     pub fn start(listen_port: u16) -> io::Result<SocketFinder> {
         let (searches, queue) = crossbeam_channel::bounded(MAX_WAITING_SEARCHES);
+        let (cuts, to_cut) = crossbeam_channel::unbounded();
         let (stop, stopped) = crossbeam_channel::bounded(1);
         let thread = thread::Builder::new()
             .name("abide-finder".into())
             .stack_size(FINDER_STACK_BYTES)
-            .spawn(move || run_finder(listen_port, &queue, &stopped))?;
+            .spawn(move || run_finder(listen_port, &queue, &to_cut, &stopped))?;
         Ok(SocketFinder {
             searches,
+            cuts,
             thread: Mutex::new(Some(thread)),
             stop,
         })
+    }
+
+    /// Ends the connection whose peer is `peer` at the finder's next pass
+    /// (shut down both ways, then reset), and only then runs `then`, on the
+    /// finder thread. Never blocks. After `stop`, `then` is dropped unrun.
+    pub fn cut(&self, peer: SocketAddr, then: AfterCut) {
+        let _ = self.cuts.send(Cut { peer, then });
     }
 
     /// The socket whose peer is `peer`, if it is still open. Blocks until
@@ -145,39 +180,73 @@ impl SocketFinder {
 
 /// The finder thread: waits for searches, then serves every waiting one with
 /// a single pass, resting between passes (`PASS_REST_FACTOR`).
-fn run_finder(listen_port: u16, queue: &Receiver<Search>, stopped: &Receiver<()>) {
+fn run_finder(
+    listen_port: u16,
+    queue: &Receiver<Search>,
+    to_cut: &Receiver<Cut>,
+    stopped: &Receiver<()>,
+) {
     let mut not_before = Instant::now();
     loop {
-        let first = crossbeam_channel::select! {
+        let mut wanted: HashMap<SocketAddr, Wanted> = HashMap::new();
+        crossbeam_channel::select! {
             recv(queue) -> search => match search {
-                Ok(search) => search,
+                Ok(search) => wanted.entry(search.peer).or_default().answers.push(search.answer),
+                Err(_) => return,
+            },
+            recv(to_cut) -> cut => match cut {
+                Ok(cut) => wanted.entry(cut.peer).or_default().then.push(cut.then),
                 Err(_) => return,
             },
             recv(stopped) -> _ => return,
-        };
-        let mut waiting: HashMap<SocketAddr, Vec<Sender<Option<ConnectionSocket>>>> =
-            HashMap::new();
-        waiting.entry(first.peer).or_default().push(first.answer);
-        // Searches that arrive before the next pass may start join this one.
+        }
+        // Searches and cuts that arrive before the next pass may start join this one.
         loop {
-            match queue.recv_deadline(not_before) {
-                Ok(search) => waiting.entry(search.peer).or_default().push(search.answer),
-                Err(RecvTimeoutError::Timeout) => break,
-                Err(RecvTimeoutError::Disconnected) => return,
+            crossbeam_channel::select! {
+                recv(queue) -> search => match search {
+                    Ok(search) => wanted.entry(search.peer).or_default().answers.push(search.answer),
+                    Err(_) => return,
+                },
+                recv(to_cut) -> cut => match cut {
+                    Ok(cut) => wanted.entry(cut.peer).or_default().then.push(cut.then),
+                    Err(_) => return,
+                },
+                default(not_before.saturating_duration_since(Instant::now())) => break,
             }
         }
         let started = Instant::now();
-        let found = pass(listen_port, &waiting);
+        let found = pass(listen_port, &wanted);
         not_before = Instant::now() + started.elapsed() * PASS_REST_FACTOR;
         for (peer, socket) in found {
-            if let Some(answers) = waiting.remove(&peer) {
-                answer_all(answers, Some(socket));
+            if let Some(wanted) = wanted.remove(&peer) {
+                let inode = socket.inode();
+                if !wanted.then.is_empty() {
+                    socket.shut_down();
+                    socket.reset_now();
+                }
+                answer_all(wanted.answers, Some(socket));
+                // Unread bodies now read as end of file: they drop at once.
+                for then in wanted.then {
+                    then(Some(inode));
+                }
             }
         }
-        for (_, answers) in waiting.drain() {
-            answer_all(answers, None);
+        for (_, wanted) in wanted.drain() {
+            answer_all(wanted.answers, None);
+            for then in wanted.then {
+                then(None);
+            }
         }
     }
+}
+
+/// What the next pass looks for a peer's socket for.
+#[derive(Default)]
+struct Wanted {
+    /// Searches waiting for the socket.
+    answers: Vec<Sender<Option<ConnectionSocket>>>,
+    /// Cuts: what to run once the socket is shut down.
+    then: Vec<AfterCut>,
 }
 
 /// Gives `socket` to the first asker (a peer is rarely asked for twice at

@@ -3,9 +3,11 @@
 //! `server` owns the listener and the dispatch threads, `writer` the
 //! per-connection lanes and everything that blocks on a client, `pool` the
 //! small-stack worker threads they run on, `connection` finds a client's socket
-//! to close it, `watchdog` tells systemd that abide still serves.
+//! to close or cut it, `deadline` bounds the time a whole answer may take to
+//! write, `watchdog` tells systemd that abide still serves.
 
 pub mod connection;
+pub mod deadline;
 pub mod pool;
 pub mod server;
 pub mod watchdog;

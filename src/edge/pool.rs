@@ -7,7 +7,8 @@
 //! waiting, so no count can go stale); otherwise a new thread is spawned, up to
 //! `max_threads`; at the cap the job waits in the backlog channel, which every
 //! worker also selects on, so it is taken by the first worker to come free and
-//! can never be stranded. Idle workers retire after `WORKER_IDLE_RETIRE`, so
+//! can never be stranded. The backlog holds at most `max_backlog` jobs: one
+//! more is given back, as is a job no thread could be spawned for. Idle workers retire after `WORKER_IDLE_RETIRE`, so
 //! an idle server holds no pool threads. A panic in the handler is caught and
 //! the worker lives on. Submitted from the dispatch thread and from workers.
 
@@ -25,6 +26,7 @@ pub const WORKER_IDLE_RETIRE: Duration = Duration::from_secs(10);
 pub struct Pool<J> {
     name: &'static str,
     max_threads: usize,
+    max_backlog: usize,
     stack_bytes: usize,
     handoff_tx: Sender<Msg<J>>,
     handoff_rx: Receiver<Msg<J>>,
@@ -52,6 +54,7 @@ impl<J: Send + 'static> Pool<J> {
     pub fn new(
         name: &'static str,
         max_threads: usize,
+        max_backlog: usize,
         stack_bytes: usize,
         handler: impl Fn(J) + Send + Sync + 'static,
     ) -> Pool<J> {
@@ -60,6 +63,7 @@ impl<J: Send + 'static> Pool<J> {
         Pool {
             name,
             max_threads,
+            max_backlog,
             stack_bytes,
             handoff_tx,
             handoff_rx,
@@ -71,7 +75,8 @@ impl<J: Send + 'static> Pool<J> {
     }
 
     /// Runs `job` on an idle worker, a new one, or the first to come free.
-    /// Gives the job back only if no worker exists and none can be spawned.
+    /// Gives the job back if the backlog is full, or if a thread was needed
+    /// and none could be spawned.
     pub fn submit(&self, job: J) -> Result<(), J> {
         let job = match self.handoff_tx.try_send(Msg::Job(job)) {
             Ok(()) => return Ok(()),
@@ -82,6 +87,9 @@ impl<J: Send + 'static> Pool<J> {
         };
         let mut live = self.live.count.lock();
         if *live >= self.max_threads {
+            if self.backlog_tx.len() >= self.max_backlog {
+                return Err(job);
+            }
             // Every worker is busy; the first to finish takes it.
             return self
                 .backlog_tx
@@ -216,7 +224,7 @@ mod tests {
     type Job = Box<dyn FnOnce() + Send>;
 
     fn pool(max_threads: usize) -> Pool<Job> {
-        Pool::new("test", max_threads, 64 * 1024, |job: Job| job())
+        Pool::new("test", max_threads, 2, 64 * 1024, |job: Job| job())
     }
 
     /// The pool never runs more threads than its cap; jobs beyond it wait and run when a worker frees.
@@ -243,6 +251,33 @@ mod tests {
         got.sort();
         assert_eq!(got, [0, 1, 2]);
         assert!(pool.threads() <= 2);
+        assert_eq!(pool.join(Instant::now() + Duration::from_secs(5)), 0);
+    }
+
+    /// Beyond its cap and a full backlog, a job is given back at once, never queued.
+    #[test]
+    fn a_full_backlog_gives_the_job_back() {
+        let pool = pool(1);
+        let (release_tx, release_rx) = bounded::<()>(0);
+        let (done_tx, done_rx) = bounded::<u32>(8);
+        for i in 0..3 {
+            let release = release_rx.clone();
+            let done = done_tx.clone();
+            pool.submit(Box::new(move || {
+                release.recv().unwrap();
+                done.send(i).unwrap();
+            }))
+            .map_err(|_| ())
+            .expect("one running, two in the backlog");
+        }
+        let refused = pool.submit(Box::new(|| unreachable!("never runs")));
+        assert!(refused.is_err(), "the backlog holds two");
+        for _ in 0..3 {
+            release_tx.send(()).unwrap();
+        }
+        let mut got: Vec<u32> = (0..3).map(|_| done_rx.recv().unwrap()).collect();
+        got.sort();
+        assert_eq!(got, [0, 1, 2]);
         assert_eq!(pool.join(Instant::now() + Duration::from_secs(5)), 0);
     }
 

@@ -114,7 +114,7 @@ pub fn start(config: Config) -> io::Result<Running> {
         max_stored_bytes: config.max_stored_bytes,
         max_waiters: config.max_waiters,
     });
-    let writer = Writer::new(&config, hub.clone(), SocketFinder::start(addr.port())?);
+    let writer = Writer::new(&config, hub.clone(), SocketFinder::start(addr.port())?)?;
     let quiet_period = config.max_timeout
         + config.max_timeout / 16
         + config.idle_timeout
@@ -262,8 +262,14 @@ impl Edge {
         // panic hook takes this lock to unblock the current generation) then
         // finds this generation, not the one before it.
         let mut servers = edge.servers.lock();
-        let server = tiny_http::Server::from_listener(listener, local_addr.into(), server_config)
-            .map_err(|e| io::Error::other(e.to_string()))?;
+        // tiny_http spawns its accept thread with `thread::spawn`, which
+        // panics when no thread can be created (a task or memory limit):
+        // that is an error to retry later, never a panic here.
+        let server = catch_unwind(AssertUnwindSafe(|| {
+            tiny_http::Server::from_listener(listener, local_addr.into(), server_config)
+        }))
+        .map_err(|_| io::Error::other("no thread could be started for accepting"))?
+        .map_err(|e| io::Error::other(e.to_string()))?;
         let server = Arc::new(server);
         let number = servers.last().map_or(0, |g| g.number + 1);
         let dispatcher = {
@@ -622,7 +628,7 @@ fn header(request: &Request, name: &str) -> Option<String> {
 /// is a reference to that vector. The version is pinned exactly, the size
 /// check fails the build if the wrapper grows, and a unit test below fails if
 /// the layout changes in any other way.
-fn all_headers(headers: &tiny_http::Headers) -> &[tiny_http::Header] {
+pub(crate) fn all_headers(headers: &tiny_http::Headers) -> &[tiny_http::Header] {
     const _: () = assert!(
         std::mem::size_of::<tiny_http::Headers>() == std::mem::size_of::<Vec<tiny_http::Header>>()
     );
@@ -736,23 +742,23 @@ impl Kicker {
     }
 }
 
-/// Servers whose accept thread may panic (tiny_http unwraps a descriptor clone
-/// in its accept thread; with no descriptor left, that thread panics and no
-/// error ever reaches `recv()`).
+/// Servers whose accept thread may panic, and never report it to `recv()`:
+/// tiny_http unwraps a descriptor clone there (it panics with no descriptor
+/// left), and spawns each connection's thread with `thread::spawn` while it
+/// holds its pool's lock (it panics when no thread can be created, under a
+/// task or memory limit, and the poisoned lock then panics every later use
+/// of that pool). On either panic the current generation is unblocked: its
+/// dispatch thread sees an error and starts a new generation, with a new
+/// pool, backing off while the panics go on (`restart_accepting`).
 fn watch_accept_panics(edge: &Arc<Edge>) {
     static EDGES: OnceLock<Mutex<Vec<Weak<Edge>>>> = OnceLock::new();
     let edges = EDGES.get_or_init(|| {
         let previous = std::panic::take_hook();
         std::panic::set_hook(Box::new(move |info| {
-            let in_accept = info
-                .location()
-                .is_some_and(|l| l.file().ends_with("refined_tcp_stream.rs"));
-            if in_accept {
+            if is_accept_panic(info) {
                 if let Some(edges) = EDGES.get() {
                     edges.lock().retain(|weak| match weak.upgrade() {
                         Some(edge) => {
-                            // Its dispatch thread sees an error on the current
-                            // generation and starts accepting again.
                             if let Some(g) = edge.servers.lock().last() {
                                 let _ = g.server.unblock();
                             }
@@ -767,6 +773,23 @@ fn watch_accept_panics(edge: &Arc<Edge>) {
         Mutex::new(Vec::new())
     });
     edges.lock().push(Arc::downgrade(edge));
+}
+
+/// Whether a panic is one of tiny_http's accept thread (see
+/// `watch_accept_panics`): in its descriptor clone, or a failed spawn (std's
+/// `thread::spawn` panics "failed to spawn thread"; abide's own threads are
+/// started with `Builder::spawn`, which returns the error instead).
+fn is_accept_panic(info: &std::panic::PanicHookInfo<'_>) -> bool {
+    let in_clone = info
+        .location()
+        .is_some_and(|l| l.file().ends_with("refined_tcp_stream.rs"));
+    let payload = info.payload();
+    let message = payload
+        .downcast_ref::<String>()
+        .map(String::as_str)
+        .or_else(|| payload.downcast_ref::<&str>().copied())
+        .unwrap_or("");
+    in_clone || message.starts_with("failed to spawn thread")
 }
 
 #[cfg(test)]

@@ -15,6 +15,14 @@
 //! are discarded without writing, so a client that never reads costs one
 //! thread for one write timeout, never the whole pool.
 //!
+//! Bounds: a lane holds at most `--max-pipelined-requests` requests and
+//! `--max-pipelined-bytes` of their heads; one more and the connection is
+//! cut (`cut_connection`: ended without an answer by the finder thread, its
+//! queue discarded). A job no pool can take (no thread can be spawned, or
+//! the backlog, `--max-backlog`, is full) is answered `503` by a writer if
+//! one can take that, else its connection is cut. The thread that submits
+//! (the dispatch thread) never writes, reads a body or waits.
+//!
 //! Closing: an answer with `Close::Yes` ends its connection (see
 //! `connection.rs`). From the moment it is queued, requests of that
 //! connection are refused unrun (`peer_state`); the rest of its lane is
@@ -42,7 +50,9 @@ use crate::api::request;
 use crate::api::request::PollSpec;
 use crate::config::Config;
 use crate::edge::connection::SocketFinder;
+use crate::edge::deadline::AnswerDeadlines;
 use crate::edge::pool::Pool;
+use crate::edge::server::all_headers;
 use crate::edge::watchdog::WATCHDOG_TARGET;
 use crate::error::Error;
 use crate::hub::{Hub, PollStart, Ticket, Wake};
@@ -52,9 +62,6 @@ pub const WAITER_STACK_BYTES: usize = 64 * 1024;
 /// Stack of a writer thread: it also parses JSON bodies (nesting is capped at
 /// `request::MAX_JSON_DEPTH`; debug builds need the room).
 pub const WRITER_STACK_BYTES: usize = 512 * 1024;
-/// Requests one connection may have queued behind the one being answered;
-/// beyond it the connection is treated as not reading (its lane dies).
-pub const MAX_PIPELINED_REQUESTS: usize = 64;
 /// Longest request target written to the access log.
 const LOG_TARGET_CHARS: usize = 200;
 /// How long a closed connection's answer may take to be acknowledged before
@@ -169,9 +176,16 @@ struct Lane {
     /// came) is recognised by its worker, which then stops.
     id: u64,
     queue: VecDeque<Work>,
+    /// Bytes of the heads in `queue` (`head_bytes`).
+    queued_bytes: usize,
     /// A write failed, the connection was closed, or the client piled up
     /// requests: discard the rest.
     dead: bool,
+    /// The connection is being cut (`Writer::cut_connection`): requests
+    /// from it are dropped unrun; the lane goes once the finder has shut
+    /// the socket (`Writer::cut_done`), never before, so that no later
+    /// request of it can start a lane of its own.
+    cut: bool,
     /// An answer that closes the connection is queued or being written:
     /// requests that arrive from it now are refused unrun (`is_closing`).
     closing: bool,
@@ -227,13 +241,20 @@ impl Lanes {
 
 /// The answering side. One per server, shared by the dispatch threads.
 pub struct Writer {
+    /// This writer, for work the finder thread does on its behalf.
+    me: Weak<Writer>,
     hub: Hub,
     max_event_bytes: usize,
     idle_timeout: Duration,
     cors_origin: Option<String>,
     quiet: bool,
+    max_pipelined_requests: usize,
+    max_pipelined_bytes: usize,
     /// Finds a connection's socket to close it (`connection.rs`).
     finder: SocketFinder,
+    /// Bounds the whole write of each answer by `--write-timeout`.
+    deadlines: AnswerDeadlines,
+    write_timeout: Duration,
     waiters: Pool<(u64, Work)>,
     writers: Pool<(u64, Work)>,
     /// Connections with a request being answered (and those queued behind
@@ -244,19 +265,35 @@ pub struct Writer {
 }
 
 impl Writer {
-    pub fn new(config: &Config, hub: Hub, finder: SocketFinder) -> Arc<Writer> {
-        Arc::new_cyclic(|me: &Weak<Writer>| {
+    pub fn new(config: &Config, hub: Hub, finder: SocketFinder) -> io::Result<Arc<Writer>> {
+        let this: Arc<OnceLock<Weak<Writer>>> = Arc::default();
+        let for_deadlines = this.clone();
+        let deadlines = AnswerDeadlines::start(move |peer| {
+            if let Some(writer) = for_deadlines.get().and_then(Weak::upgrade) {
+                writer.too_slow(peer);
+            }
+        })?;
+        let writer = Arc::new_cyclic(|me: &Weak<Writer>| {
             let for_waiters = me.clone();
             let for_writers = me.clone();
             Writer {
+                me: me.clone(),
                 hub,
                 max_event_bytes: config.max_event_bytes,
                 idle_timeout: config.idle_timeout,
                 cors_origin: config.cors_origin.clone(),
                 quiet: config.quiet,
+                max_pipelined_requests: config.max_pipelined_requests,
+                max_pipelined_bytes: config.max_pipelined_bytes,
                 finder,
+                deadlines,
+                write_timeout: config.write_timeout,
+                // A wait job exists only with a wait slot, so the slots
+                // bound it; its backlog is for the moment a slot is given
+                // back before its thread is free.
                 waiters: Pool::new(
                     "abide-waiter",
+                    config.max_waiters,
                     config.max_waiters,
                     WAITER_STACK_BYTES,
                     move |(lane, work)| {
@@ -268,6 +305,7 @@ impl Writer {
                 writers: Pool::new(
                     "abide-writer",
                     config.max_writers,
+                    config.max_backlog,
                     WRITER_STACK_BYTES,
                     move |(lane, work)| {
                         if let Some(writer) = for_writers.upgrade() {
@@ -278,7 +316,17 @@ impl Writer {
                 lanes: Mutex::new(Lanes::default()),
                 redispatch: OnceLock::new(),
             }
-        })
+        });
+        let _ = this.set(Arc::downgrade(&writer));
+        Ok(writer)
+    }
+
+    /// An answer to `peer` was still being written at its deadline: the
+    /// connection is cut, which fails the blocked write at once (its thread
+    /// then marks the lane dead).
+    fn too_slow(&self, peer: SocketAddr) {
+        self.hub.count_cut_connection();
+        self.finder.cut(peer, Box::new(|_| {}));
     }
 
     /// What a request from `peer` may do. The dispatch thread asks before
@@ -309,7 +357,7 @@ impl Writer {
         let _ = self.redispatch.set(redispatch);
     }
 
-    /// Takes a request from the dispatch thread. Never blocks.
+    /// Takes a request from the dispatch thread. Never blocks, never writes.
     pub fn submit(&self, work: Work) {
         let Some(peer) = work.request().remote_addr().copied() else {
             return self.start(0, work);
@@ -321,15 +369,24 @@ impl Writer {
                 ..
             }
         );
+        let bytes = head_bytes(work.request());
         let mut lanes = self.lanes.lock();
         let mut detached = None;
         if let Some(lane) = lanes.active.get_mut(&peer) {
             if !(matches!(work, Work::Verify { .. }) && lane.dead) {
+                if lane.cut {
+                    drop(lanes);
+                    return self.drop_unrun(peer, work);
+                }
+                if lane.queue.len() >= self.max_pipelined_requests
+                    || lane.queued_bytes + bytes > self.max_pipelined_bytes
+                {
+                    drop(lanes);
+                    return self.cut_connection(peer, work);
+                }
                 lane.closing |= closes;
                 // A thread is on this connection; it takes this one next.
-                if lane.queue.len() >= MAX_PIPELINED_REQUESTS {
-                    lane.dead = true;
-                }
+                lane.queued_bytes += bytes;
                 lane.queue.push_back(work);
                 return;
             }
@@ -355,6 +412,78 @@ impl Writer {
         self.start(id, work);
     }
 
+    /// Ends `peer`'s connection without an answer: it pipelined past its
+    /// bound, or its request found no thread and no room. Its lane is marked
+    /// so that nothing more of it runs; what it had queued is dropped unrun;
+    /// the finder shuts the socket down and resets it, then drops `work`
+    /// (whose unread body could not be dropped here without reading it) and
+    /// lets the lane go (`cut_done`). Never blocks, never writes.
+    fn cut_connection(&self, peer: SocketAddr, work: Work) {
+        let (lane_id, queued) = {
+            let mut lanes = self.lanes.lock();
+            match lanes.active.get_mut(&peer) {
+                Some(lane) if lane.cut => {
+                    drop(lanes);
+                    return self.drop_unrun(peer, work);
+                }
+                Some(lane) => {
+                    lane.cut = true;
+                    lane.dead = true;
+                    lane.closing = true;
+                    lane.queued_bytes = 0;
+                    (Some(lane.id), std::mem::take(&mut lane.queue))
+                }
+                None => (None, VecDeque::new()),
+            }
+        };
+        for queued in queued {
+            self.drop_unrun(peer, queued);
+        }
+        self.hub.count_cut_connection();
+        let (request, started) = work.into_request();
+        let method = request.method().to_string();
+        let target = request.url().to_string();
+        self.log(&method, &target, Some(peer), 0, started);
+        let me = self.me.clone();
+        self.finder.cut(
+            peer,
+            Box::new(move |inode: Option<u64>| {
+                discard(request);
+                if let Some(writer) = me.upgrade() {
+                    writer.cut_done(peer, lane_id, inode);
+                }
+            }),
+        );
+    }
+
+    /// The finder has shut the socket of a cut connection (`inode`, if it
+    /// was still open): its lane goes, and requests from its address are
+    /// verified from now on, like those of a closed connection.
+    fn cut_done(&self, peer: SocketAddr, lane_id: Option<u64>, inode: Option<u64>) {
+        let mut lanes = self.lanes.lock();
+        let lane = match lanes.active.get(&peer) {
+            Some(lane) if Some(lane.id) == lane_id => lanes.active.remove(&peer),
+            _ => None,
+        };
+        lanes.mark_closed(peer, inode, Instant::now());
+        drop(lanes);
+        if let Some(lane) = lane {
+            lane.queue.into_iter().for_each(discard_work);
+        }
+    }
+
+    /// Lets go of a request of a connection being cut, unrun and unanswered:
+    /// here if that reads nothing from the client, else on the finder
+    /// thread once the socket is shut (an unread body is read on drop).
+    fn drop_unrun(&self, peer: SocketAddr, work: Work) {
+        let (request, _) = work.into_request();
+        if holds_unread_body(&request) {
+            self.finder.cut(peer, Box::new(move |_| discard(request)));
+        } else {
+            discard(request);
+        }
+    }
+
     /// Marks the lane of `peer` as closing, before its connection's reader is
     /// given back to tiny_http (which may then parse what follows).
     fn mark_closing(&self, peer: Option<SocketAddr>) {
@@ -366,30 +495,34 @@ impl Writer {
         }
     }
 
-    /// Hands a lane's head to the pool of its kind.
+    /// Hands a lane's head to the pool of its kind. If that pool can take no
+    /// more (no thread could be spawned, or its backlog is full), a writer
+    /// answers `503`; if no writer can take even that, the connection is cut.
     fn start(&self, lane: u64, work: Work) {
         let result = if work.is_wait() {
             self.waiters.submit((lane, work))
         } else {
             self.writers.submit((lane, work))
         };
-        if let Err((lane, work)) = result {
-            // No thread could be spawned: answer on whichever pool works.
-            let err = Error::Busy {
-                message: "no thread could be started; retry later".into(),
-                retry_after_secs: 1,
-            };
-            let (request, started) = work.into_request();
-            let fallback = Work::Answer {
-                request,
-                reply: Reply::error(&err),
-                started,
-                close: Close::No,
-            };
-            if let Err((lane, fallback)) = self.writers.submit((lane, fallback)) {
-                // Not even a writer: answer here, on the caller's thread, which
-                // also finishes the connection's lane so that it cannot stick.
-                self.run(lane, fallback, Kind::Writer);
+        let Err((lane, work)) = result else {
+            return;
+        };
+        self.hub.count_overloaded_request();
+        let err = Error::Busy {
+            message: "the server is overloaded; retry later".into(),
+            retry_after_secs: 1,
+        };
+        let (request, started) = work.into_request();
+        let refusal = Work::Answer {
+            request,
+            reply: Reply::error(&err),
+            started,
+            close: Close::No,
+        };
+        if let Err((_, refusal)) = self.writers.submit((lane, refusal)) {
+            match refusal.request().remote_addr().copied() {
+                Some(peer) => self.cut_connection(peer, refusal),
+                None => discard_work(refusal),
             }
         }
     }
@@ -430,7 +563,12 @@ impl Writer {
                 };
                 current.dead |= !written || closed;
                 match current.queue.pop_front() {
-                    Some(next) => next,
+                    Some(next) => {
+                        current.queued_bytes -= head_bytes(next.request());
+                        next
+                    }
+                    // A cut lane stays until its socket is shut (`cut_done`).
+                    None if current.cut => return,
                     None => {
                         lanes.active.remove(&peer);
                         return;
@@ -641,6 +779,8 @@ impl Writer {
             *request.method() == Method::Head || matches!(reply.status, 100..=199 | 204 | 304);
         let status = reply.status;
         let events = reply.events;
+        let deadline = Instant::now() + self.write_timeout;
+        let watch = peer.map(|p| self.deadlines.watch(p, deadline));
         let mut writer = request.into_writer();
         let written = writer
             .write_all(head.as_bytes())
@@ -650,6 +790,7 @@ impl Writer {
             })
             .and_then(|()| writer.flush())
             .is_ok();
+        drop(watch);
         if written {
             self.hub.count_delivered(events);
         }
@@ -675,13 +816,15 @@ impl Writer {
     }
 
     /// Writes `reply` and logs it; returns whether the write succeeded. Blocks
-    /// up to `--write-timeout` per write on a client that does not read.
+    /// up to `--write-timeout` in all on a client that does not read.
     pub fn respond(&self, request: Request, reply: Reply, started: Instant) -> bool {
         let method = request.method().to_string();
         let target = request.url().to_string();
         let peer = request.remote_addr().copied();
         let status = reply.status;
         let events = reply.events;
+        let deadline = Instant::now() + self.write_timeout;
+        let _watch = peer.map(|p| self.deadlines.watch(p, deadline));
         // tiny_http reports success for a client that has gone away; the count
         // is of answers written without an error, not of answers read.
         let written = request.respond(self.response(reply)).is_ok();
@@ -765,6 +908,11 @@ impl Writer {
         if self.quiet || target == WATCHDOG_TARGET {
             return;
         }
+        // 0: the connection was cut, nothing was answered.
+        let status = match status {
+            0 => "cut".to_string(),
+            status => status.to_string(),
+        };
         let peer = peer.map_or("-".to_string(), |p| p.to_string());
         eprintln!(
             "{} {peer} {} {} {status} {:.1}ms",
@@ -779,6 +927,7 @@ impl Writer {
     pub fn join(&self, deadline: Instant) {
         self.waiters.join(deadline);
         self.writers.join(deadline);
+        self.deadlines.stop();
         self.finder.stop();
     }
 }
@@ -809,6 +958,26 @@ fn printable(text: &str, max_chars: usize) -> String {
 /// abide closed.
 fn discard(request: Request) {
     drop(request.into_writer());
+}
+
+/// Bytes a request's head takes (its line and headers, as received, about):
+/// what a queued request holds in memory.
+fn head_bytes(request: &Request) -> usize {
+    let headers: usize = all_headers(request.headers())
+        .iter()
+        .map(|h| h.field.as_str().as_str().len() + h.value.as_str().len() + 4)
+        .sum();
+    request.method().as_str().len() + request.url().len() + 12 + headers
+}
+
+/// Whether dropping `request` would read from its connection: tiny_http
+/// reads a body it did not buffer (a chunked one, a larger one than 1 KiB,
+/// or one announced with `Expect: 100-continue`) to its end on drop.
+fn holds_unread_body(request: &Request) -> bool {
+    request.body_length().is_none_or(|length| length > 0)
+        && all_headers(request.headers()).iter().any(|h| {
+            h.field.equiv("Content-Length") || h.field.equiv("Transfer-Encoding")
+        })
 }
 
 /// Discards queued work of a dead connection (a wait slot is given back).

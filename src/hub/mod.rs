@@ -67,6 +67,8 @@ struct Counters {
     polls_rejected: AtomicU64,
     accept_errors: AtomicU64,
     connections_closed: AtomicU64,
+    connections_cut: AtomicU64,
+    requests_overloaded: AtomicU64,
     requests_malformed: AtomicU64,
 }
 
@@ -429,6 +431,19 @@ impl Hub {
             .fetch_add(1, Relaxed);
     }
 
+    /// Counts a connection ended without an answer (`Writer::cut_connection`).
+    pub fn count_cut_connection(&self) {
+        self.shared.counters.connections_cut.fetch_add(1, Relaxed);
+    }
+
+    /// Counts a request refused because no thread or queue room was left.
+    pub fn count_overloaded_request(&self) {
+        self.shared
+            .counters
+            .requests_overloaded
+            .fetch_add(1, Relaxed);
+    }
+
     /// Counts a request head refused as malformed (by tiny_http or abide).
     pub fn count_malformed_request(&self) {
         self.shared
@@ -464,6 +479,8 @@ impl Hub {
             polls_rejected: c.polls_rejected.load(Relaxed),
             accept_errors: c.accept_errors.load(Relaxed),
             connections_closed: c.connections_closed.load(Relaxed),
+            connections_cut: c.connections_cut.load(Relaxed),
+            requests_overloaded: c.requests_overloaded.load(Relaxed),
             requests_malformed: c.requests_malformed.load(Relaxed),
             uptime_seconds: self.shared.started.elapsed().as_secs(),
             threads: None,

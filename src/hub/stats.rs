@@ -34,6 +34,13 @@ pub struct Stats {
     /// Connections abide closed after refusing a request on them (untrusted
     /// framing, an oversized or stalled body).
     pub connections_closed: u64,
+    /// Connections abide ended without answering: past the pipelining bound
+    /// (`--max-pipelined-requests`, `--max-pipelined-bytes`), or a request
+    /// found no thread and no room in the backlog.
+    pub connections_cut: u64,
+    /// Requests refused (`503`, or their connection cut) because no thread
+    /// could take them and the backlog (`--max-backlog`) was full.
+    pub requests_overloaded: u64,
     /// Request heads refused as malformed, by tiny_http or by abide.
     pub requests_malformed: u64,
     pub uptime_seconds: u64,
@@ -145,6 +152,18 @@ impl Stats {
             "counter",
             "Connections closed after a refused request.",
             Some(self.connections_closed),
+        );
+        metric(
+            "connections_cut_total",
+            "counter",
+            "Connections ended without an answer (pipelining bound, overload).",
+            Some(self.connections_cut),
+        );
+        metric(
+            "requests_overloaded_total",
+            "counter",
+            "Requests refused because no thread or backlog room was left.",
+            Some(self.requests_overloaded),
         );
         metric(
             "requests_malformed_total",
