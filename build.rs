@@ -8,7 +8,9 @@
 //! - `abide_curl`: `curl` is on PATH;
 //! - `abide_nginx`: `nginx` is on PATH or in /usr/sbin;
 //! - `abide_cross`: the target is not the host (tests then run under
-//!   qemu-user, where resident memory is not abide's alone).
+//!   qemu-user, where resident memory is not abide's alone);
+//! - `abide_root`: the build runs as root, so tests can run abide as
+//!   another user under a task limit (root is exempt from `RLIMIT_NPROC`).
 //!
 //! `ABIDE_REQUIRE_TOOLS=1` (set by `.ci/run`) makes a missing one a build
 //! failure, so CI cannot go green without running those tests. It runs again
@@ -56,6 +58,17 @@ fn main() {
     println!("cargo::rustc-check-cfg=cfg(abide_cross)");
     if env::var("TARGET").ok() != env::var("HOST").ok() {
         println!("cargo::rustc-cfg=abide_cross");
+    }
+    println!("cargo::rustc-check-cfg=cfg(abide_root)");
+    let root = std::fs::read_to_string("/proc/self/status").is_ok_and(|status| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("Uid:"))
+            .and_then(|ids| ids.split_whitespace().next())
+            == Some("0")
+    });
+    if root {
+        println!("cargo::rustc-cfg=abide_root");
     }
     let mut missing_any = false;
     for (cfg, needs) in tools {

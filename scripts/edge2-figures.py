@@ -129,13 +129,22 @@ class Abide:
             self.stop()
             raise RuntimeError(f"abide did not start: {line.strip() or 'no output'} (exit status {self.p.poll()})")
         self.port = int(m.group(1))
-        self.tail = []            # the last lines abide wrote on stderr after its first
+        self.lines = []           # what abide wrote on stderr after its first line (the first 2,000 lines)
         threading.Thread(target=self._drain, daemon=True).start()
 
     def _drain(self):
         for raw in self.p.stderr:
-            self.tail.append(raw.decode(errors="replace").rstrip())
-            del self.tail[:-5]
+            if len(self.lines) < 2000:
+                self.lines.append(raw.decode(errors="replace").rstrip())
+
+    def panics(self):
+        """Each distinct panic on stderr (location and message), with how often it came."""
+        found = collections.Counter()
+        for i, line in enumerate(self.lines):
+            if "panicked at" in line:
+                message = self.lines[i + 1] if i + 1 < len(self.lines) else ""
+                found[re.sub(r"thread '[^']*'( \(\d+\))?", "thread", line) + " " + message] += 1
+        return [f"{n}× {text}" for text, n in found.most_common(4)]
 
     def alive(self):
         return self.p.poll() is None
@@ -921,8 +930,10 @@ def run_attack(number, title, fn, flags, bound, cgroups):
             row["verdict"] = "ALIVE BUT NOT ANSWERING /healthz; " + row["verdict"]
         if srv.pids_figures():
             row["notes"].append(srv.pids_figures())
-        if srv.tail:
-            row["notes"].append("abide's stderr ends: " + " | ".join(srv.tail[-3:]))
+        for panic in srv.panics():
+            row["notes"].append("abide's stderr: " + panic)
+        if srv.lines and not srv.panics():
+            row["notes"].append("abide's stderr ends: " + " | ".join(srv.lines[-3:]))
     except Exception as e:  # noqa: BLE001
         row["figures"] = f"error: {type(e).__name__}: {e}"
         row["verdict"] = "ERROR (see figures)"

@@ -265,9 +265,12 @@ impl Edge {
         // tiny_http spawns its accept thread with `thread::spawn`, which
         // panics when no thread can be created (a task or memory limit):
         // that is an error to retry later, never a panic here.
+        ADDING_GENERATION.set(true);
         let server = catch_unwind(AssertUnwindSafe(|| {
             tiny_http::Server::from_listener(listener, local_addr.into(), server_config)
-        }))
+        }));
+        ADDING_GENERATION.set(false);
+        let server = server
         .map_err(|_| io::Error::other("no thread could be started for accepting"))?
         .map_err(|e| io::Error::other(e.to_string()))?;
         let server = Arc::new(server);
@@ -755,7 +758,10 @@ fn watch_accept_panics(edge: &Arc<Edge>) {
     let edges = EDGES.get_or_init(|| {
         let previous = std::panic::take_hook();
         std::panic::set_hook(Box::new(move |info| {
-            if is_accept_panic(info) {
+            // A failed spawn inside `add_generation`, which holds the
+            // generations' lock: it handles that itself (and taking the
+            // lock here would deadlock).
+            if is_accept_panic(info) && !ADDING_GENERATION.get() {
                 if let Some(edges) = EDGES.get() {
                     edges.lock().retain(|weak| match weak.upgrade() {
                         Some(edge) => {
@@ -773,6 +779,11 @@ fn watch_accept_panics(edge: &Arc<Edge>) {
         Mutex::new(Vec::new())
     });
     edges.lock().push(Arc::downgrade(edge));
+}
+
+thread_local! {
+    /// Set while this thread starts a generation (`add_generation`).
+    static ADDING_GENERATION: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }
 
 /// Whether a panic is one of tiny_http's accept thread (see

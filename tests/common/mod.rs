@@ -376,7 +376,14 @@ pub struct Abide {
 
 impl Abide {
     pub fn spawn(args: &[&str]) -> Abide {
-        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_abide"))
+        Abide::spawn_with(args, |_| {})
+    }
+
+    /// Like `spawn`, with the command adjusted first (limits, a user).
+    pub fn spawn_with(args: &[&str], adjust: impl FnOnce(&mut std::process::Command)) -> Abide {
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_abide"));
+        adjust(&mut command);
+        let mut child = command
             .args(args)
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::piped())
@@ -396,9 +403,14 @@ impl Abide {
 
     /// `abide serve --listen 127.0.0.1:0 FLAGS`, once its startup line is out.
     pub fn serve(flags: &[&str]) -> Abide {
+        Abide::serve_with(flags, |_| {})
+    }
+
+    /// Like `serve`, with the command adjusted first (see `spawn_with`).
+    pub fn serve_with(flags: &[&str], adjust: impl FnOnce(&mut std::process::Command)) -> Abide {
         let mut args = vec!["serve", "--listen", "127.0.0.1:0"];
         args.extend(flags);
-        let mut abide = Abide::spawn(&args);
+        let mut abide = Abide::spawn_with(&args, adjust);
         let line = abide.next_line("the startup line", |l| l.contains("listening on http://"));
         let (_, rest) = line.split_once("listening on http://").expect("matched");
         let addr = rest.split_whitespace().next().unwrap_or_default();
