@@ -67,7 +67,7 @@ fn a_poll_pipelined_behind_a_publish_sees_it() {
     }
 }
 
-/// Regression: one connection pipelining many polls holds at most one wait slot (it used to take a slot per poll at once, and could take them all).
+/// Regression: one connection pipelining many polls holds at most one wait slot (it used to take a slot per poll at once, and could take them all); each poll with another request behind it is answered at once.
 #[test]
 fn one_connection_holds_at_most_one_wait_slot() {
     let server = common::start_with(abide::Config {
@@ -77,9 +77,12 @@ fn one_connection_holds_at_most_one_wait_slot() {
     let mut greedy = TcpStream::connect(server.addr).unwrap();
     greedy.set_read_timeout(Some(HANG_GUARD)).unwrap();
     let polls: String = (0..10)
-        .map(|_| "GET /channels/quiet/events?timeout=1 HTTP/1.1\r\nHost: x\r\n\r\n")
+        .map(|_| "GET /channels/quiet/events?timeout=30 HTTP/1.1\r\nHost: x\r\n\r\n")
         .collect();
     greedy.write_all(polls.as_bytes()).unwrap();
+    // Nine are answered at once (a request waits behind each); the last holds.
+    let first = answers(&mut greedy, 9);
+    assert!(first.iter().all(|r| r.status == 204), "{first:?}");
     server.wait_for_stat("waiters", |n| n == 1);
     // The other slots stay free for everyone else.
     let others: Vec<_> = (0..3)
@@ -93,8 +96,32 @@ fn one_connection_holds_at_most_one_wait_slot() {
             [id]
         );
     }
-    // The greedy connection's polls are answered one after another.
-    let got = answers(&mut greedy, 10);
-    assert!(got.iter().all(|r| r.status == 204), "{got:?}");
+    let quiet = server.publish("quiet", "2");
+    let last = answers(&mut greedy, 1);
+    assert_eq!(last[0].ids(), [quiet]);
     assert_eq!(server.stats()["polls_rejected"], 0);
+}
+
+/// A poll held on a connection is answered at once when another request arrives behind it, so a pipelined request never waits out a hold.
+#[test]
+fn a_request_behind_a_held_poll_answers_it_at_once() {
+    let server = common::start();
+    let mut stream = TcpStream::connect(server.addr).unwrap();
+    stream.set_read_timeout(Some(HANG_GUARD)).unwrap();
+    stream
+        .write_all(b"GET /channels/hold/events?timeout=60 HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    server.wait_for_stat("waiters", |n| n == 1);
+    let started = std::time::Instant::now();
+    stream
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let got = answers(&mut stream, 2);
+    assert_eq!(got[0].status, 204);
+    assert_eq!(got[1].status, 200);
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(30),
+        "the hold was cut short"
+    );
+    server.wait_for_stat("waiters", |n| n == 0);
 }

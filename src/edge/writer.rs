@@ -55,7 +55,7 @@ use crate::edge::pool::Pool;
 use crate::edge::server::all_headers;
 use crate::edge::watchdog::WATCHDOG_TARGET;
 use crate::error::Error;
-use crate::hub::{Hub, PollStart, Ticket, Wake};
+use crate::hub::{EarlyAnswer, Hub, PollStart, Ticket, Wake};
 
 /// Stack of a waiter thread: it waits and writes a prepared answer.
 pub const WAITER_STACK_BYTES: usize = 64 * 1024;
@@ -182,10 +182,13 @@ struct Lane {
     /// requests: discard the rest.
     dead: bool,
     /// The connection is being cut (`Writer::cut_connection`): requests
-    /// from it are dropped unrun; the lane goes once the finder has shut
-    /// the socket (`Writer::cut_done`), never before, so that no later
-    /// request of it can start a lane of its own.
+    /// from it are queued unrun (up to the bounds, dropped beyond); the lane
+    /// goes once the finder has shut the socket (`Writer::cut_done`), never
+    /// before, so that no later request of it can start a lane of its own.
     cut: bool,
+    /// The poll being held at the head of the lane: answered at once when
+    /// a request arrives behind it.
+    held: Option<EarlyAnswer>,
     /// An answer that closes the connection is queued or being written:
     /// requests that arrive from it now are refused unrun (`is_closing`).
     closing: bool,
@@ -373,21 +376,29 @@ impl Writer {
         let mut lanes = self.lanes.lock();
         let mut detached = None;
         if let Some(lane) = lanes.active.get_mut(&peer) {
-            if !(matches!(work, Work::Verify { .. }) && lane.dead) {
-                if lane.cut {
+            if !(matches!(work, Work::Verify { .. }) && lane.dead && !lane.cut) {
+                let over = lane.queue.len() >= self.max_pipelined_requests
+                    || lane.queued_bytes + bytes > self.max_pipelined_bytes;
+                if over {
+                    let cut = lane.cut;
                     drop(lanes);
-                    return self.drop_unrun(peer, work);
-                }
-                if lane.queue.len() >= self.max_pipelined_requests
-                    || lane.queued_bytes + bytes > self.max_pipelined_bytes
-                {
-                    drop(lanes);
-                    return self.cut_connection(peer, work);
+                    return match cut {
+                        true => self.drop_unrun(peer, work),
+                        false => self.cut_connection(peer, Some(work)),
+                    };
                 }
                 lane.closing |= closes;
                 // A thread is on this connection; it takes this one next.
                 lane.queued_bytes += bytes;
                 lane.queue.push_back(work);
+                // A poll held at the head is answered now: nothing waits
+                // behind a hold (and a connection that reuses the address
+                // of one that vanished is not stuck behind its old poll).
+                let held = lane.held.take();
+                drop(lanes);
+                if let Some(held) = held {
+                    held.answer_now();
+                }
                 return;
             }
             // The lane of a connection abide closed, still finishing: a
@@ -413,42 +424,49 @@ impl Writer {
     }
 
     /// Ends `peer`'s connection without an answer: it pipelined past its
-    /// bound, or its request found no thread and no room. Its lane is marked
-    /// so that nothing more of it runs; what it had queued is dropped unrun;
-    /// the finder shuts the socket down and resets it, then drops `work`
-    /// (whose unread body could not be dropped here without reading it) and
-    /// lets the lane go (`cut_done`). Never blocks, never writes.
-    fn cut_connection(&self, peer: SocketAddr, work: Work) {
-        let (lane_id, queued) = {
+    /// bound (`work` is the request that went past it), a request of it found
+    /// no thread and no room, or an answer to it could not be written. Nothing
+    /// more of its lane runs as it is; a poll it holds is answered now (its
+    /// slot comes back); the finder shuts the socket down and resets it, then
+    /// drops `work` (an unread body cannot be dropped here without reading
+    /// it) and hands the lane's queue to `cut_done`. Never blocks or writes.
+    fn cut_connection(&self, peer: SocketAddr, work: Option<Work>) {
+        let (lane_id, held) = {
             let mut lanes = self.lanes.lock();
             match lanes.active.get_mut(&peer) {
                 Some(lane) if lane.cut => {
                     drop(lanes);
-                    return self.drop_unrun(peer, work);
+                    if let Some(work) = work {
+                        self.drop_unrun(peer, work);
+                    }
+                    return;
                 }
                 Some(lane) => {
                     lane.cut = true;
                     lane.dead = true;
-                    lane.closing = true;
-                    lane.queued_bytes = 0;
-                    (Some(lane.id), std::mem::take(&mut lane.queue))
+                    (Some(lane.id), lane.held.take())
                 }
-                None => (None, VecDeque::new()),
+                None => (None, None),
             }
         };
-        for queued in queued {
-            self.drop_unrun(peer, queued);
+        if let Some(held) = held {
+            held.answer_now();
         }
         self.hub.count_cut_connection();
-        let (request, started) = work.into_request();
-        let method = request.method().to_string();
-        let target = request.url().to_string();
-        self.log(&method, &target, Some(peer), 0, started);
+        let request = work.map(|work| {
+            let (request, started) = work.into_request();
+            let method = request.method().to_string();
+            let target = request.url().to_string();
+            self.log(&method, &target, Some(peer), 0, started);
+            request
+        });
         let me = self.me.clone();
         self.finder.cut(
             peer,
             Box::new(move |inode: Option<u64>| {
-                discard(request);
+                if let Some(request) = request {
+                    discard(request);
+                }
                 if let Some(writer) = me.upgrade() {
                     writer.cut_done(peer, lane_id, inode);
                 }
@@ -457,8 +475,10 @@ impl Writer {
     }
 
     /// The finder has shut the socket of a cut connection (`inode`, if it
-    /// was still open): its lane goes, and requests from its address are
-    /// verified from now on, like those of a closed connection.
+    /// was still open): its lane goes, requests from its address are verified
+    /// from now on like those of a closed connection, and so are the ones its
+    /// lane held: they run only if they came over another socket (a client
+    /// that reused the address of one that vanished), never over this one.
     fn cut_done(&self, peer: SocketAddr, lane_id: Option<u64>, inode: Option<u64>) {
         let mut lanes = self.lanes.lock();
         let lane = match lanes.active.get(&peer) {
@@ -467,8 +487,9 @@ impl Writer {
         };
         lanes.mark_closed(peer, inode, Instant::now());
         drop(lanes);
-        if let Some(lane) = lane {
-            lane.queue.into_iter().for_each(discard_work);
+        for work in lane.into_iter().flat_map(|lane| lane.queue) {
+            let (request, started) = work.into_request();
+            self.submit(Work::Verify { request, started });
         }
     }
 
@@ -521,7 +542,7 @@ impl Writer {
         };
         if let Err((_, refusal)) = self.writers.submit((lane, refusal)) {
             match refusal.request().remote_addr().copied() {
-                Some(peer) => self.cut_connection(peer, refusal),
+                Some(peer) => self.cut_connection(peer, Some(refusal)),
                 None => discard_work(refusal),
             }
         }
@@ -546,6 +567,9 @@ impl Writer {
                 // A deferred poll that must wait: a waiter takes the lane on.
                 return self.start(lane, work);
             }
+            if let (Work::Wait { ticket, .. }, Some(peer), false) = (&work, peer, dead) {
+                self.hold(peer, lane, ticket.early_answer());
+            }
             let (written, closed) = if dead {
                 discard_work(work);
                 (false, false)
@@ -558,17 +582,27 @@ impl Writer {
             let next = {
                 let mut lanes = self.lanes.lock();
                 let Some(current) = lanes.active.get_mut(&peer).filter(|l| l.id == lane) else {
-                    // Detached (see `submit`): what was queued was discarded.
+                    // Detached (see `submit`) or cut: its queue went elsewhere.
                     return;
                 };
-                current.dead |= !written || closed;
+                current.held = None;
+                if current.cut {
+                    // What it holds is verified once the socket is shut (`cut_done`).
+                    return;
+                }
+                if !written && !closed && !dead {
+                    // The client is gone or does not read: cut the
+                    // connection; what is queued may have come over a new
+                    // connection from the same address, so it is verified.
+                    drop(lanes);
+                    return self.cut_connection(peer, None);
+                }
+                current.dead |= closed;
                 match current.queue.pop_front() {
                     Some(next) => {
                         current.queued_bytes -= head_bytes(next.request());
                         next
                     }
-                    // A cut lane stays until its socket is shut (`cut_done`).
-                    None if current.cut => return,
                     None => {
                         lanes.active.remove(&peer);
                         return;
@@ -584,6 +618,21 @@ impl Writer {
                 return self.start(lane, next);
             }
             work = next;
+        }
+    }
+
+    /// Notes the poll `lane` holds, so that a request arriving behind it
+    /// answers it at once (`submit`); answers it now if one already has.
+    fn hold(&self, peer: SocketAddr, lane: u64, early: EarlyAnswer) {
+        let mut lanes = self.lanes.lock();
+        let Some(current) = lanes.active.get_mut(&peer).filter(|l| l.id == lane) else {
+            return;
+        };
+        if current.queue.is_empty() && !current.cut {
+            current.held = Some(early);
+        } else {
+            drop(lanes);
+            early.answer_now();
         }
     }
 

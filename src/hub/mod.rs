@@ -17,7 +17,7 @@ pub mod stats;
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, Instant, SystemTime};
 
 use parking_lot::{Condvar, Mutex};
@@ -142,6 +142,40 @@ pub struct Ticket {
     limit: usize,
     deadline: Instant,
     condvar: Arc<Condvar>,
+    /// Set (under the hub's lock) to answer the poll now with what it has.
+    answer_now: Arc<AtomicBool>,
+}
+
+/// Ends a held poll early (`Hub::wait` then answers with what it has): a
+/// handle the writer keeps while the poll is held.
+#[derive(Clone)]
+pub struct EarlyAnswer {
+    hub: Hub,
+    condvar: Arc<Condvar>,
+    answer_now: Arc<AtomicBool>,
+}
+
+impl Ticket {
+    /// A handle to answer this poll before its deadline.
+    pub fn early_answer(&self) -> EarlyAnswer {
+        EarlyAnswer {
+            hub: self.hub.clone(),
+            condvar: self.condvar.clone(),
+            answer_now: self.answer_now.clone(),
+        }
+    }
+}
+
+impl EarlyAnswer {
+    /// Makes the poll answer now: its events if it has some, else `204`.
+    pub fn answer_now(&self) {
+        // Set under the lock, so that a waiter between its check and its
+        // wait cannot miss it; notified after.
+        let st = self.hub.shared.state.lock();
+        self.answer_now.store(true, Relaxed);
+        drop(st);
+        self.condvar.notify_one();
+    }
 }
 
 impl Hub {
@@ -310,6 +344,7 @@ impl Hub {
             limit: spec.limit,
             deadline: now + hold,
             condvar,
+            answer_now: Arc::default(),
         }))
     }
 
@@ -338,6 +373,11 @@ impl Hub {
             if !batch.events.is_empty() {
                 break Answer::Events {
                     events: batch.events,
+                    missed: batch.missed,
+                };
+            }
+            if ticket.answer_now.load(Relaxed) {
+                break Answer::Empty {
                     missed: batch.missed,
                 };
             }
