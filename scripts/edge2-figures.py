@@ -833,13 +833,15 @@ def storage_flood(srv, m):
 TRICKLE_FLAGS = ["--idle-timeout", "20", "--max-timeout", "15", "--default-timeout", "15"]
 
 
-def trickle_reader(srv, m):
+def trickle_reader(srv, m, polls=1, cap=30):
+    """polls > 1 pipelines that many copies of the poll, so that the answers outgrow what the
+    kernel's loopback buffers take (about 4 MiB) and abide's writes must wait for the reader."""
     body = b'"' + b"y" * 4998 + b'"'
     statuses = pipeline(srv.port, [publish_req("slow", body)] * 200, window=16)
     m.begin()
     s = connect(srv.port, 10, rcvbuf=2048)
-    s.sendall(b"GET /channels/slow/events?last_event_id=0 HTTP/1.1\r\nHost: x\r\n\r\n")
-    t0, got, head, cap = time.monotonic(), bytearray(), None, 30
+    s.sendall(b"GET /channels/slow/events?last_event_id=0 HTTP/1.1\r\nHost: x\r\n\r\n" * polls)
+    t0, got = time.monotonic(), bytearray()
     server_closed = client_saw = None
     handed = []                     # (seconds, bytes abide had written into the kernel by then)
     next_read = t0 + 1
@@ -862,11 +864,11 @@ def trickle_reader(srv, m):
     end = got.find(b"\r\n\r\n")
     cl = re.search(rb"(?i)\r\ncontent-length:\s*(\d+)", bytes(got[:end])) if end >= 0 else None
     if cl:
-        total = end + 4 + int(cl.group(1))
+        total = (end + 4 + int(cl.group(1))) * polls
     written_at = next((t for t, n in handed if total and n >= total), None)
-    figures = f"publishes {counts(statuses)}; the answer is {total or '?'} bytes; read {len(got)} bytes at 100 B/s; "
+    figures = f"publishes {counts(statuses)}; the answer{'s are' if polls > 1 else ' is'} {total or '?'} bytes; read {len(got)} bytes at 100 B/s; "
     if written_at is not None:
-        figures += f"abide had written the whole answer into the kernel's socket buffers after {written_at:.2f} s; "
+        figures += f"abide had written all of it into the kernel's socket buffers after {written_at:.2f} s; "
     else:
         figures += f"abide had written {handed[-1][1] if handed else 0} bytes of it by the end; "
     if server_closed:
@@ -883,6 +885,10 @@ def trickle_reader(srv, m):
     else:
         verdict = "NOT BOUNDED by --write-timeout: " + (f"closed after {server_closed[0]:.0f} s" if server_closed else f"still open after {cap} s")
     return figures, verdict
+
+
+def trickle_reader_pipelined(srv, m):
+    return trickle_reader(srv, m, polls=10, cap=40)
 
 
 def pipelined_order(srv, m):
@@ -946,13 +952,15 @@ ATTACKS = [
     (12, "200,000 one-byte events, 8 MiB store", storage_flood,
      ["--max-stored-bytes", "8388608", "--event-ttl", "0", "--buffer", "10000"],
      "--max-stored-bytes holds for resident memory (JSON + 128 B per event)"),
-    (13, "500 KB answer read at 100 B/s", trickle_reader, TRICKLE_FLAGS,
+    ("13a", "500 KB answer read at 100 B/s", trickle_reader, TRICKLE_FLAGS,
+     "every write bounded by --write-timeout (10 s)"),
+    ("13b", "10 pipelined 500 KB answers read at 100 B/s", trickle_reader_pipelined, TRICKLE_FLAGS,
      "every write bounded by --write-timeout (10 s)"),
     (14, "pipelined poll, publish, poll × 20", pipelined_order, [],
      "pipelined requests take effect in order"),
 ]
 # Rough worst-case seconds per attack, to stay inside BUDGET.
-ESTIMATE = {1: 50, 2: 35, 3: 20, 4: 35, 5: 40, 6: 60, 7: 35, "8a": 15, "8b": 15, 9: 45, 10: 25, 11: 25, 12: 60, 13: 55, 14: 40}
+ESTIMATE = {1: 50, 2: 35, 3: 20, 4: 35, 5: 40, 6: 60, 7: 35, "8a": 15, "8b": 15, 9: 45, 10: 25, 11: 25, 12: 60, "13a": 40, "13b": 50, 14: 40}
 
 
 def run_attack(number, title, fn, flags, bound, cgroups):

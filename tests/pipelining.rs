@@ -125,3 +125,45 @@ fn a_request_behind_a_held_poll_answers_it_at_once() {
     );
     server.wait_for_stat("waiters", |n| n == 0);
 }
+
+/// Regression: a new connection that reuses the address of a client that vanished (reset) while its poll was held is served at once (lanes were keyed by address alone: it waited out the old hold, 30 s, or its request was dropped with the dead lane).
+#[test]
+fn a_new_connection_on_a_vanished_clients_address_is_served_at_once() {
+    use socket2::{Domain, Socket, Type};
+    let server = common::start();
+    let bound = |port: u16| {
+        let socket = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+        socket.set_reuse_address(true).unwrap();
+        socket
+            .bind(&std::net::SocketAddr::from(([127, 0, 0, 1], port)).into())
+            .unwrap();
+        socket
+    };
+    let old = bound(0);
+    let port = old.local_addr().unwrap().as_socket().unwrap().port();
+    old.connect(&server.addr.into()).unwrap();
+    let mut old: TcpStream = old.into();
+    old.write_all(b"GET /channels/vanish/events?timeout=60 HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    server.wait_for_stat("waiters", |n| n == 1);
+    // Vanish: a reset, not a close.
+    socket2::SockRef::from(&old)
+        .set_linger(Some(std::time::Duration::ZERO))
+        .unwrap();
+    drop(old);
+    let new = bound(port);
+    new.connect(&server.addr.into()).unwrap();
+    let mut new: TcpStream = new.into();
+    new.set_read_timeout(Some(HANG_GUARD)).unwrap();
+    let started = std::time::Instant::now();
+    new.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let got = answers(&mut new, 1);
+    assert_eq!(got[0].status, 200);
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(20),
+        "served at once, not after the old hold: {:?}",
+        started.elapsed()
+    );
+    server.wait_for_stat("waiters", |n| n == 0);
+}

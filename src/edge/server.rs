@@ -407,7 +407,8 @@ impl Edge {
         while let Some(left) = until.checked_duration_since(Instant::now()) {
             // Errors (the accept thread's end, a leftover unblock) are not requests.
             if let Ok(Ok(Some(request))) = server.recv_timeout(left) {
-                self.writer
+                let _ = self
+                    .writer
                     .respond(request, Reply::error(&shutting_down()), Instant::now());
             }
         }

@@ -112,6 +112,28 @@ pub enum Work {
     },
 }
 
+/// How writing an answer went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Written {
+    Yes,
+    /// The write timed out: the client does not read (its socket is open).
+    NotRead,
+    /// The connection was reset or broken: the client is gone.
+    Gone,
+}
+
+impl Written {
+    fn from(result: io::Result<()>) -> Written {
+        match result {
+            Ok(()) => Written::Yes,
+            Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {
+                Written::NotRead
+            }
+            Err(_) => Written::Gone,
+        }
+    }
+}
+
 /// Whether a connection ends after an answer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Close {
@@ -325,11 +347,9 @@ impl Writer {
     }
 
     /// An answer to `peer` was still being written at its deadline: the
-    /// connection is cut, which fails the blocked write at once (its thread
-    /// then marks the lane dead).
+    /// connection is cut, which fails the blocked write at once.
     fn too_slow(&self, peer: SocketAddr) {
-        self.hub.count_cut_connection();
-        self.finder.cut(peer, Box::new(|_| {}));
+        self.cut_connection(peer, None);
     }
 
     /// What a request from `peer` may do. The dispatch thread asks before
@@ -572,7 +592,7 @@ impl Writer {
             }
             let (written, closed) = if dead {
                 discard_work(work);
-                (false, false)
+                (Written::Gone, false)
             } else {
                 self.execute(work)
             };
@@ -590,12 +610,21 @@ impl Writer {
                     // What it holds is verified once the socket is shut (`cut_done`).
                     return;
                 }
-                if !written && !closed && !dead {
-                    // The client is gone or does not read: cut the
-                    // connection; what is queued may have come over a new
-                    // connection from the same address, so it is verified.
+                if !dead && !closed && written == Written::NotRead {
+                    // The client does not read: cut the connection. What is
+                    // queued is verified after the cut (`cut_done`).
                     drop(lanes);
                     return self.cut_connection(peer, None);
+                }
+                if !dead && !closed && written == Written::Gone {
+                    // The client is gone (reset). A reset socket has no peer
+                    // any more, so what is queued may only have come before
+                    // the reset, or over a new connection that reuses the
+                    // address: either way it runs, on a lane of its own.
+                    let lane = lanes.active.remove(&peer).expect("the current lane");
+                    drop(lanes);
+                    lane.queue.into_iter().for_each(|work| self.submit(work));
+                    return;
                 }
                 current.dead |= closed;
                 match current.queue.pop_front() {
@@ -673,9 +702,9 @@ impl Writer {
         }
     }
 
-    /// Does one piece of work; returns whether its answer was written, and
+    /// Does one piece of work; returns how its answer was written, and
     /// whether its connection was closed.
-    fn execute(&self, work: Work) -> (bool, bool) {
+    fn execute(&self, work: Work) -> (Written, bool) {
         match work {
             Work::Answer {
                 request,
@@ -731,7 +760,7 @@ impl Writer {
 
     /// Routes `request` again if it came over another socket than the
     /// connection closed lately from its address; refuses it otherwise.
-    fn verify(&self, request: Request, started: Instant) -> (bool, bool) {
+    fn verify(&self, request: Request, started: Instant) -> (Written, bool) {
         let peer = request.remote_addr().copied();
         let closed_inode = peer.and_then(|p| self.lanes.lock().closed(&p, Instant::now()));
         let reopened = match closed_inode {
@@ -747,7 +776,7 @@ impl Writer {
                     self.lanes.lock().closed.remove(&p);
                 }
                 redispatch(request);
-                (true, false)
+                (Written::Yes, false)
             }
             _ => {
                 let err = Error::BadRequest(
@@ -794,7 +823,7 @@ impl Writer {
     }
 
     /// Writes `reply`, then keeps or closes the connection.
-    fn answer(&self, request: Request, reply: Reply, started: Instant, close: Close) -> bool {
+    fn answer(&self, request: Request, reply: Reply, started: Instant, close: Close) -> Written {
         match close {
             Close::No => self.respond(request, reply, started),
             Close::Yes => self.respond_and_close(request, reply, started),
@@ -814,7 +843,7 @@ impl Writer {
     /// any of a refused body is read: clients still sending it read it
     /// (Python's `requests`, curl and Chromium do; tests pin the first two).
     #[inline(never)]
-    fn respond_and_close(&self, request: Request, reply: Reply, started: Instant) -> bool {
+    fn respond_and_close(&self, request: Request, reply: Reply, started: Instant) -> Written {
         let method = request.method().to_string();
         let target = request.url().to_string();
         let peer = request.remote_addr().copied();
@@ -831,16 +860,17 @@ impl Writer {
         let deadline = Instant::now() + self.write_timeout;
         let watch = peer.map(|p| self.deadlines.watch(p, deadline));
         let mut writer = request.into_writer();
-        let written = writer
-            .write_all(head.as_bytes())
-            .and_then(|()| match head_only {
-                true => Ok(()),
-                false => writer.write_all(&reply.body),
-            })
-            .and_then(|()| writer.flush())
-            .is_ok();
+        let written = Written::from(
+            writer
+                .write_all(head.as_bytes())
+                .and_then(|()| match head_only {
+                    true => Ok(()),
+                    false => writer.write_all(&reply.body),
+                })
+                .and_then(|()| writer.flush()),
+        );
         drop(watch);
-        if written {
+        if written == Written::Yes {
             self.hub.count_delivered(events);
         }
         if let Some(peer) = peer {
@@ -866,7 +896,7 @@ impl Writer {
 
     /// Writes `reply` and logs it; returns whether the write succeeded. Blocks
     /// up to `--write-timeout` in all on a client that does not read.
-    pub fn respond(&self, request: Request, reply: Reply, started: Instant) -> bool {
+    pub fn respond(&self, request: Request, reply: Reply, started: Instant) -> Written {
         let method = request.method().to_string();
         let target = request.url().to_string();
         let peer = request.remote_addr().copied();
@@ -876,8 +906,8 @@ impl Writer {
         let _watch = peer.map(|p| self.deadlines.watch(p, deadline));
         // tiny_http reports success for a client that has gone away; the count
         // is of answers written without an error, not of answers read.
-        let written = request.respond(self.response(reply)).is_ok();
-        if written {
+        let written = Written::from(request.respond(self.response(reply)));
+        if written == Written::Yes {
             self.hub.count_delivered(events);
         }
         self.log(&method, &target, peer, status, started);
