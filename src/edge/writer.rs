@@ -10,15 +10,17 @@
 //! answer whose predecessor is not written yet blocks its writer. So at most
 //! one thread works on a connection at a time; later requests of the same
 //! connection (pipelining) wait in its lane, holding no thread, and the thread
-//! that finishes one takes the next. A write that fails (the client stopped
-//! reading for `--write-timeout`) marks the lane dead: its remaining requests
-//! are discarded without writing, so a client that never reads costs one
-//! thread for one write timeout, never the whole pool.
+//! that finishes one takes the next. A poll held at the head of a lane is
+//! answered at once when a request arrives behind it. A write that times out
+//! (the client does not read) or outlives its whole-answer deadline
+//! (`deadline.rs`) cuts the connection; one to a reset connection lets the
+//! rest of the lane run on a lane of its own. So a client that never reads
+//! costs one thread for one `--write-timeout`, never the whole pool.
 //!
 //! Bounds: a lane holds at most `--max-pipelined-requests` requests and
 //! `--max-pipelined-bytes` of their heads; one more and the connection is
-//! cut (`cut_connection`: ended without an answer by the finder thread, its
-//! queue discarded). A job no pool can take (no thread can be spawned, or
+//! cut (`cut_connection`: ended without an answer by the finder thread; what
+//! it queued is then verified, and runs only if it came over another socket). A job no pool can take (no thread can be spawned, or
 //! the backlog, `--max-backlog`, is full) is answered `503` by a writer if
 //! one can take that, else its connection is cut. The thread that submits
 //! (the dispatch thread) never writes, reads a body or waits.
