@@ -6,7 +6,7 @@
 mod common;
 
 use std::io::{ErrorKind, Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 use common::HANG_GUARD;
@@ -64,7 +64,11 @@ fn pipelining_past_the_request_bound_cuts_the_connection() {
     server.wait_for_stat("connections_cut", |n| n >= 1);
     let (got, _) = read_until_cut(&mut stream);
     assert!(got.len() < 8 * 900_000, "cut before the last answer");
-    assert_eq!(server.get("/channels/victim").status, 200, "the DELETE never ran");
+    assert_eq!(
+        server.get("/channels/victim").status,
+        200,
+        "the DELETE never ran"
+    );
     assert_eq!(server.get("/healthz").status, 200);
 }
 
@@ -78,11 +82,17 @@ fn pipelining_past_the_byte_bound_cuts_the_connection() {
         "DELETE /channels/big HTTP/1.1\r\nHost: x\r\nX-Pad: {}\r\n\r\n",
         "a".repeat(70 * 1024)
     );
-    stream.write_all(blocked_head_then(&padded).as_bytes()).unwrap();
+    stream
+        .write_all(blocked_head_then(&padded).as_bytes())
+        .unwrap();
     server.wait_for_stat("connections_cut", |n| n >= 1);
     let (got, _) = read_until_cut(&mut stream);
     assert!(got.len() < 8 * 900_000, "cut before the last answer");
-    assert_eq!(server.get("/channels/big").status, 200, "the DELETE never ran");
+    assert_eq!(
+        server.get("/channels/big").status,
+        200,
+        "the DELETE never ran"
+    );
     // Heads within the bound are queued and answered as before.
     let mut fine = TcpStream::connect(server.addr).unwrap();
     fine.set_read_timeout(Some(HANG_GUARD)).unwrap();
@@ -110,7 +120,7 @@ fn an_answer_read_at_a_trickle_is_cut_at_the_write_timeout() {
     // A small receive window, so that the kernel's buffers hold little of it.
     let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
     socket.set_recv_buffer_size(4096).unwrap();
-    socket.connect(&SocketAddr::from(server.addr).into()).unwrap();
+    socket.connect(&server.addr.into()).unwrap();
     let mut stream: TcpStream = socket.into();
     // Eight answers of 900 KB: more than the kernel's buffers take (the
     // sending socket's grows to 4 MiB), so writing them blocks on the reader.
@@ -202,12 +212,18 @@ fn a_full_backlog_cuts_the_request_and_the_server_recovers() {
     for mut stream in waiting {
         let (got, _) = read_until_cut(&mut stream);
         let text = String::from_utf8_lossy(&got);
-        assert!(text.is_empty() || text.starts_with("HTTP/1.1 200"), "{text:?}");
+        assert!(
+            text.is_empty() || text.starts_with("HTTP/1.1 200"),
+            "{text:?}"
+        );
         answered += usize::from(!text.is_empty());
     }
     assert!(answered >= 1, "the backlog's request was answered");
     assert_eq!(server.get("/healthz").status, 200);
     let stats = server.stats();
-    assert!(stats["requests_overloaded"].as_u64().unwrap() >= 1, "{stats}");
+    assert!(
+        stats["requests_overloaded"].as_u64().unwrap() >= 1,
+        "{stats}"
+    );
     assert!(stats["connections_cut"].as_u64().unwrap() >= 1, "{stats}");
 }

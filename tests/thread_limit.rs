@@ -21,8 +21,14 @@ const IDLE_CONNECTIONS: usize = 40;
 
 /// Regression: with no thread left to start (3,000 idle connections under the unit's TasksMax), tiny_http's accept thread panicked with its pool's lock held, and abide stayed alive without ever accepting again; now it accepts again once the idle connections are gone.
 #[test]
-#[cfg_attr(not(abide_root), ignore = "needs root, to run abide as nobody under RLIMIT_NPROC")]
-#[cfg_attr(abide_cross, ignore = "qemu-user's own threads count against the task limit")]
+#[cfg_attr(
+    not(abide_root),
+    ignore = "needs root, to run abide as nobody under RLIMIT_NPROC"
+)]
+#[cfg_attr(
+    abide_cross,
+    ignore = "qemu-user's own threads count against the task limit"
+)]
 fn running_out_of_threads_does_not_end_accepting() {
     let mut abide = Abide::serve_with(&["--quiet"], |command| {
         use std::os::unix::process::CommandExt;
@@ -46,7 +52,11 @@ fn running_out_of_threads_does_not_end_accepting() {
             });
         }
     });
-    assert_eq!(ask_healthz(abide.addr), Some(200), "served before the shortage");
+    assert_eq!(
+        ask_healthz(abide.addr),
+        Some(200),
+        "served before the shortage"
+    );
 
     // Each connection is answered once, then left open: its tiny_http
     // thread waits for its next request. (Connections that never send
@@ -91,9 +101,7 @@ fn running_out_of_threads_does_not_end_accepting() {
 /// connection was refused, dropped or not answered within a second.
 fn ask_healthz(addr: SocketAddr) -> Option<u16> {
     let mut stream = TcpStream::connect(addr).ok()?;
-    stream
-        .set_read_timeout(Some(Duration::from_secs(1)))
-        .ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(1))).ok()?;
     stream
         .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
         .ok()?;

@@ -173,9 +173,10 @@ mod tests {
         let now = Instant::now();
         let mut state = State::default();
         for (i, secs) in [3u64, 1, 2].into_iter().enumerate() {
-            state
-                .writing
-                .insert((now + Duration::from_secs(secs), i as u64), peer(secs as u16));
+            state.writing.insert(
+                (now + Duration::from_secs(secs), i as u64),
+                peer(secs as u16),
+            );
         }
         assert_eq!(
             state.take_expired(now + Duration::from_secs(2)),

@@ -271,8 +271,8 @@ impl Edge {
         }));
         ADDING_GENERATION.set(false);
         let server = server
-        .map_err(|_| io::Error::other("no thread could be started for accepting"))?
-        .map_err(|e| io::Error::other(e.to_string()))?;
+            .map_err(|_| io::Error::other("no thread could be started for accepting"))?
+            .map_err(|e| io::Error::other(e.to_string()))?;
         let server = Arc::new(server);
         let number = servers.last().map_or(0, |g| g.number + 1);
         let dispatcher = {
@@ -407,9 +407,9 @@ impl Edge {
         while let Some(left) = until.checked_duration_since(Instant::now()) {
             // Errors (the accept thread's end, a leftover unblock) are not requests.
             if let Ok(Ok(Some(request))) = server.recv_timeout(left) {
-                let _ = self
-                    .writer
-                    .respond(request, Reply::error(&shutting_down()), Instant::now());
+                let _ =
+                    self.writer
+                        .respond(request, Reply::error(&shutting_down()), Instant::now());
             }
         }
     }

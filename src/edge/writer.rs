@@ -128,7 +128,12 @@ impl Written {
     fn from(result: io::Result<()>) -> Written {
         match result {
             Ok(()) => Written::Yes,
-            Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) =>
+            {
                 Written::NotRead
             }
             Err(_) => Written::Gone,
@@ -1056,9 +1061,9 @@ fn head_bytes(request: &Request) -> usize {
 /// or one announced with `Expect: 100-continue`) to its end on drop.
 fn holds_unread_body(request: &Request) -> bool {
     request.body_length().is_none_or(|length| length > 0)
-        && all_headers(request.headers()).iter().any(|h| {
-            h.field.equiv("Content-Length") || h.field.equiv("Transfer-Encoding")
-        })
+        && all_headers(request.headers())
+            .iter()
+            .any(|h| h.field.equiv("Content-Length") || h.field.equiv("Transfer-Encoding"))
 }
 
 /// Discards queued work of a dead connection (a wait slot is given back).
