@@ -762,7 +762,15 @@ fn watch_accept_panics(edge: &Arc<Edge>) {
             // A failed spawn inside `add_generation`, which holds the
             // generations' lock: it handles that itself (and taking the
             // lock here would deadlock).
-            if is_accept_panic(info) && !ADDING_GENERATION.get() {
+            if is_accept_panic(info) {
+                if ADDING_GENERATION.get() {
+                    // Reported by `restart_accepting`.
+                    return;
+                }
+                eprintln!(
+                    "abide: tiny_http's accept thread stopped: {}",
+                    panic_message(info)
+                );
                 if let Some(edges) = EDGES.get() {
                     edges.lock().retain(|weak| match weak.upgrade() {
                         Some(edge) => {
@@ -774,8 +782,18 @@ fn watch_accept_panics(edge: &Arc<Edge>) {
                         None => false,
                     });
                 }
+                return;
             }
-            previous(info);
+            // The connection threads of a generation whose pool a failed
+            // spawn poisoned: each panics once its connection is done (and
+            // ends). A consequence of the failure already reported; with
+            // thousands of connections it would flood the log.
+            let poisoned_pool = info
+                .location()
+                .is_some_and(|l| l.file().ends_with("task_pool_legacy.rs"));
+            if !poisoned_pool {
+                previous(info);
+            }
         }));
         Mutex::new(Vec::new())
     });
@@ -795,13 +813,17 @@ fn is_accept_panic(info: &std::panic::PanicHookInfo<'_>) -> bool {
     let in_clone = info
         .location()
         .is_some_and(|l| l.file().ends_with("refined_tcp_stream.rs"));
+    in_clone || panic_message(info).starts_with("failed to spawn thread")
+}
+
+/// A panic's message, if it has one.
+fn panic_message<'a>(info: &'a std::panic::PanicHookInfo<'_>) -> &'a str {
     let payload = info.payload();
-    let message = payload
+    payload
         .downcast_ref::<String>()
         .map(String::as_str)
         .or_else(|| payload.downcast_ref::<&str>().copied())
-        .unwrap_or("");
-    in_clone || message.starts_with("failed to spawn thread")
+        .unwrap_or("")
 }
 
 #[cfg(test)]
