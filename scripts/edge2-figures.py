@@ -13,19 +13,21 @@
 # (from /proc) before, at the peak (sampled every 50 ms from the attack's
 # start until the settle sample), 3 s after the attacking client stopped,
 # and, where resources are only released by --idle-timeout, once that has
-# passed too; whether /healthz still answers 200 and the process is alive;
-# the attack's own figures and a one-line verdict. Attacks that involve
-# idle connections, held polls or slow bodies run with --idle-timeout 10
+# passed too; whether /healthz answers 200 afterwards (after a flood: how
+# long until it does again, up to 40 s) and the process is alive; the
+# attack's own figures and a one-line verdict. Attacks that involve idle
+# connections, held polls or slow bodies run with --idle-timeout 10
 # --max-timeout 8 (and --default-timeout 8) to keep the run short.
 #
-# Loopback only; every loop is bounded and the whole run takes about 7-9
-# minutes (never more than 12). Needs root only for the pids cgroup; without
-# it the attacks run with the prlimit limits alone. Linux, Python 3 stdlib.
+# Loopback only; every loop is bounded. The whole run takes about 8 minutes;
+# attacks that would pass 11.5 minutes are skipped. Needs root only for the
+# pids cgroup; without it the attacks run with the prlimit limits alone.
+# Linux, Python 3 standard library.
 #
 #   cargo build --release && python3 scripts/edge2-figures.py target/release/abide
 #   EDGE2_ONLY=1,5 python3 scripts/edge2-figures.py target/release/abide    (some attacks only)
-#   EDGE2_NO_CGROUP=1 ...                                                   (prlimit limits only)
-import collections, errno, json, os, re, resource, select, shlex, socket, subprocess, sys, threading, time
+#   EDGE2_NO_CGROUP=1 python3 scripts/edge2-figures.py target/release/abide (prlimit limits only)
+import collections, errno, json, os, re, resource, select, shlex, signal, socket, subprocess, sys, threading, time
 
 if len(sys.argv) != 2:
     sys.exit("usage: edge2-figures.py path/to/abide")
@@ -193,7 +195,8 @@ def fmt(fp):
 def socket_waiters(pid):
     """abide's own named threads (writers, waiters, ...) asleep in a socket call: their names, counted."""
     try:
-        main = open(f"/proc/{pid}/comm").read().strip()
+        with open(f"/proc/{pid}/comm") as f:
+            main = f.read().strip()
         found = collections.Counter()
         for task in os.listdir(f"/proc/{pid}/task"):
             with open(f"/proc/{pid}/task/{task}/comm") as f:
@@ -264,6 +267,17 @@ class Measure:
         self.idle = self.srv.footprint() or "dead"
         return self.idle
 
+    def recovery(self, limit=40):
+        """How long after the attacking client stopped /healthz answered 200 again (tried every 2 s up to `limit` s)."""
+        while True:
+            status, _, _ = timed_request(self.srv.port, HEALTHZ, 2.0)
+            since = time.monotonic() - self.ended
+            if status == 200:
+                return f"/healthz answers again {since:.0f} s after the client stopped"
+            if since > limit or not self.srv.alive():
+                return f"/healthz still not answering {since:.0f} s after the client stopped"
+            time.sleep(2)
+
     def last(self):
         return self.idle or self.after
 
@@ -273,6 +287,15 @@ class Measure:
         if not b or not isinstance(a, dict):
             return False
         return a["threads"] <= b["threads"] + 4 and a["fds"] <= b["fds"] + 4 and a["rss"] <= b["rss"] + rss_slack_mib * 1024
+
+    def release_text(self):
+        """Whether the last sample is back near the one before the attack, and by how much it is not."""
+        b, a = self.before, self.last()
+        if not isinstance(a, dict) or not b:
+            return "process gone" if a == "dead" else "no sample"
+        return (("released" if self.released() else "not released") + " by the last sample ("
+                + f"{a['threads'] - b['threads']:+d} threads, {a['fds'] - b['fds']:+d} descriptors, "
+                + f"{(a['rss'] - b['rss']) / 1024:+.1f} MiB resident against before)")
 
     def peak_growth_mib(self):
         if not self.before or not self.during:
@@ -592,8 +615,13 @@ class Flood:
             time.sleep(max(0.0, t1 + at - time.monotonic()))
             self.probes.append(f"at {at} s: {healthz(self.port)}")
 
-    def probes_ok(self):
-        return all(re.match(r"at \S+ s: 200 ", p) for p in self.probes)
+    def probe_verdict(self):
+        failed = [p.split(":")[0] for p in self.probes if not re.match(r"at \S+ s: 200 ", p)]
+        if not failed:
+            return "OK: /healthz answered throughout the flood"
+        if len(failed) == len(self.probes):
+            return "FAIL: /healthz never answered during the flood"
+        return f"PARTLY: /healthz not answered {', '.join(failed)} into the flood, answered at the other probes"
 
     def summary(self):
         text = f"{self.opened} of {self.n} connected in {self.open_seconds:.1f} s"
@@ -621,8 +649,7 @@ def idle_connections(srv, m):
     f = Flood(srv.port, 3000, hold=15, probes=(1, 6, 12))
     m.end()
     m.after_idle()
-    ok = f.probes_ok()
-    return f.summary(), ("OK: /healthz answered throughout the flood" if ok else "FAIL: /healthz not answered during the flood (alive but dead)")
+    return f.summary() + "; " + m.recovery(), f.probe_verdict()
 
 
 def huge_length_held(srv, m):
@@ -630,10 +657,11 @@ def huge_length_held(srv, m):
     f = Flood(srv.port, 2880, payload=BIG_HEAD, hold=5, probes=(2,))
     m.end()
     m.after_idle()
+    recovered = m.recovery()
     got413 = sum(n for line, n in f.first_lines.items() if " 413" in line)
     verdict = (f"{'OK' if got413 == f.opened and f.server_closed == f.opened else 'NOT ALL'}: {got413} of {f.opened} got 413, "
-               f"{f.server_closed} closed by the server; {'released' if m.released() else 'not released'} by the last sample")
-    return f.summary(), verdict
+               f"{f.server_closed} closed by the server; {m.release_text()}")
+    return f.summary() + "; " + recovered, verdict
 
 
 def huge_length_closed(srv, m):
@@ -641,7 +669,7 @@ def huge_length_closed(srv, m):
     f = Flood(srv.port, 2000, payload=BIG_HEAD, close_after_send=True)
     m.end()
     m.after_idle()
-    return f.summary(), ("OK: back to the footprint before" if m.released() else f"NOT RELEASED {IDLE + 2} s after the client closed")
+    return f.summary() + "; " + m.recovery(), ("OK: " if m.released() else "NOT RELEASED: ") + m.release_text()
 
 
 def http2_lines(srv, m):
@@ -649,11 +677,9 @@ def http2_lines(srv, m):
     f = Flood(srv.port, 2100, payload=b"GET / HTTP/2.0\r\n\r\n", hold=5, probes=(2,))
     m.end()
     m.after_idle()
-    if m.released():
-        verdict = "OK: released by the last sample"
-    else:
-        verdict = f"NOT RELEASED: {fmt(m.last())} {IDLE + 2} s after the client closed (README: such a connection stays blocked)"
-    return f.summary(), verdict
+    recovered = m.recovery()
+    verdict = ("OK: " if m.released() else "NOT RELEASED: ") + m.release_text()
+    return f.summary() + "; " + recovered, verdict
 
 
 def trickled_bodies(srv, m):
@@ -807,7 +833,7 @@ def connection_flood(srv, m):
     f = Flood(srv.port, 5000, hold=10, probes=(1, 5, 9))
     m.end()
     m.after_idle()
-    return f.summary(), ("OK: /healthz answered throughout the flood" if f.probes_ok() else "FAIL: /healthz not answered during the flood (alive but dead)")
+    return f.summary() + "; " + m.recovery(), f.probe_verdict()
 
 
 def pipelined_polls(srv, m):
@@ -1003,7 +1029,7 @@ ATTACKS = [
      "pipelined requests take effect in order"),
 ]
 # Rough worst-case seconds per attack, to stay inside BUDGET.
-ESTIMATE = {1: 50, 2: 35, 3: 20, 4: 35, 5: 40, 6: 60, 7: 35, "8a": 15, "8b": 15, 9: 45, 10: 25, 11: 25, 12: 60, "13a": 40, "13b": 50, 14: 40}
+ESTIMATE = {1: 95, 2: 85, 3: 80, 4: 85, 5: 45, 6: 60, 7: 40, "8a": 15, "8b": 15, 9: 90, 10: 25, 11: 25, 12: 60, "13a": 40, "13b": 50, 14: 40}
 
 
 def run_attack(number, title, fn, flags, bound, cgroups):
@@ -1056,6 +1082,11 @@ def main():
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft < min(hard, 16384):
         resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 16384), hard))
+    def out_of_time(signum, frame):
+        raise TimeoutError(f"the run's {BUDGET / 60:.1f}-minute budget ran out")
+
+    signal.signal(signal.SIGALRM, out_of_time)   # the attack under way is stopped, the rest skipped
+    signal.alarm(int(BUDGET))
     cgroups = PidsCgroup()
     if os.environ.get("EDGE2_NO_CGROUP") and cgroups.why_not is None:
         cgroups.close()
@@ -1088,6 +1119,7 @@ def main():
                 print(f"   {note}")
             print(f"   documented bound: {row['bound']}\n   verdict: {row['verdict']}\n", flush=True)
     finally:
+        signal.alarm(0)
         cgroups.close()
     print("| # | attack | before | peak | after 3 s | after idle | documented bound | /healthz after | alive | verdict |")
     print("|---:|---|---|---|---|---|---|---|---|---|")

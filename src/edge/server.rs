@@ -40,7 +40,7 @@ use crate::api::request::{self, Action, RouteSettings};
 use crate::config::Config;
 use crate::demo;
 use crate::edge::connection::SocketFinder;
-use crate::edge::writer::{Close, PeerState, Work, Writer};
+use crate::edge::writer::{Close, PeerState, WAITER_STACK_BYTES, WRITER_STACK_BYTES, Work, Writer};
 use crate::error::Error;
 use crate::hub::{Hub, HubLimits, PollStart};
 use crate::shutdown::Shutdown;
@@ -98,6 +98,65 @@ struct Generation {
     server: Arc<tiny_http::Server>,
 }
 
+/// Address space a thread takes besides its stack (guard page, the signal
+/// stack std gives every thread, TLS) and, for a connection, its share of
+/// the heap: measured about 20 KiB beyond a 128 KiB stack with 1,000
+/// connections (`VmSize`), taken at three times that.
+const THREAD_OVERHEAD_BYTES: u64 = 64 * 1024;
+/// Address space taken whatever the load: the binary and its libraries, the
+/// main heap, the second malloc arena's heaps (`M_ARENA_MAX` 2 in `main.rs`;
+/// 64 MiB each on 64-bit), the fixed threads. Measured 70 MiB at start.
+const FIXED_ADDRESS_SPACE_BYTES: u64 = 160 * 1024 * 1024;
+/// Descriptors abide holds besides two per connection (listener, finder's
+/// duplicates, stdio, the kicker's and watchdog's sockets).
+const SPARE_DESCRIPTORS: u64 = 64;
+/// Stack of a thread started by `std::thread::spawn` when `RUST_MIN_STACK`
+/// is not set (tiny_http's connection threads).
+const STD_DEFAULT_STACK_BYTES: u64 = 2 * 1024 * 1024;
+
+/// Connections that fit in an address space of `limit_bytes` once the wait
+/// and writer pools are counted at their caps, with each connection's
+/// tiny_http thread taking `connection_stack_bytes` of stack.
+fn connections_within(limit_bytes: u64, config: &Config, connection_stack_bytes: u64) -> u64 {
+    let thread = |stack: usize| stack as u64 + THREAD_OVERHEAD_BYTES;
+    let pools = config.max_waiters as u64 * thread(WAITER_STACK_BYTES)
+        + config.max_writers as u64 * thread(WRITER_STACK_BYTES);
+    limit_bytes.saturating_sub(FIXED_ADDRESS_SPACE_BYTES + pools)
+        / (connection_stack_bytes + THREAD_OVERHEAD_BYTES)
+}
+
+/// Under a limit on address space (`RLIMIT_AS`: `prlimit --as`, a unit's
+/// `LimitAS=`), lowers the descriptor limit so that connections, each a
+/// thread of tiny_http's, cannot use it up. Running out of address space
+/// can abort the process (std aborts a new thread whose signal stack cannot
+/// be mapped); running out of descriptors only makes `accept` fail, which
+/// abide recovers from.
+fn fit_descriptors_to_address_space(config: &Config) {
+    let Ok((limit_bytes, _)) = rlimit::getrlimit(rlimit::Resource::AS) else {
+        return;
+    };
+    if limit_bytes == rlimit::INFINITY {
+        return;
+    }
+    let stack = std::env::var("RUST_MIN_STACK")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(STD_DEFAULT_STACK_BYTES);
+    let connections = connections_within(limit_bytes, config, stack);
+    let descriptors = 2 * connections + SPARE_DESCRIPTORS;
+    let Ok((soft, hard)) = rlimit::getrlimit(rlimit::Resource::NOFILE) else {
+        return;
+    };
+    if descriptors < soft && rlimit::setrlimit(rlimit::Resource::NOFILE, descriptors, hard).is_ok()
+    {
+        eprintln!(
+            "abide: address space limited to {} MiB: at most {connections} connections \
+             (descriptor limit lowered from {soft} to {descriptors})",
+            limit_bytes / (1024 * 1024)
+        );
+    }
+}
+
 /// Starts the server: binds, spawns the dispatch and kicker threads, returns.
 pub fn start(config: Config) -> io::Result<Running> {
     config
@@ -105,6 +164,7 @@ pub fn start(config: Config) -> io::Result<Running> {
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
     // Services on a Pi often start with a soft limit of 1024 descriptors.
     let _ = rlimit::increase_nofile_limit(u64::MAX);
+    fit_descriptors_to_address_space(&config);
     let listener = bind(&config)?;
     let addr = listener.local_addr()?;
     let hub = Hub::new(HubLimits {
@@ -829,6 +889,17 @@ fn panic_message<'a>(info: &'a std::panic::PanicHookInfo<'_>) -> &'a str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Under 512 MiB of address space the default pools leave room for about 1,300 connections of 128 KiB stacks, and none when the pools alone do not fit.
+    #[test]
+    fn connections_fit_what_the_pools_leave() {
+        let config = Config::default();
+        let connections = connections_within(512 << 20, &config, 128 << 10);
+        assert!((1200..1500).contains(&connections), "{connections}");
+        assert_eq!(connections_within(200 << 20, &config, 128 << 10), 0);
+        let more = connections_within(3 << 30, &config, 128 << 10);
+        assert!(more > 14_000, "a 32-bit Pi's 3 GiB: {more}");
+    }
 
     /// Every header is seen, in order, repeated names included (the layout `all_headers` relies on).
     #[test]
