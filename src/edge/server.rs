@@ -130,13 +130,11 @@ fn connections_within(limit_bytes: u64, config: &Config, connection_stack_bytes:
 /// thread of tiny_http's, cannot use it up. Running out of address space
 /// can abort the process (std aborts a new thread whose signal stack cannot
 /// be mapped); running out of descriptors only makes `accept` fail, which
-/// abide recovers from.
-fn fit_descriptors_to_address_space(config: &Config) {
-    let Ok((limit_bytes, _)) = rlimit::getrlimit(rlimit::Resource::AS) else {
-        return;
-    };
+/// abide recovers from. Returns what it did, for the log.
+fn fit_descriptors_to_address_space(config: &Config) -> Option<String> {
+    let (limit_bytes, _) = rlimit::getrlimit(rlimit::Resource::AS).ok()?;
     if limit_bytes == rlimit::INFINITY {
-        return;
+        return None;
     }
     let stack = std::env::var("RUST_MIN_STACK")
         .ok()
@@ -144,17 +142,16 @@ fn fit_descriptors_to_address_space(config: &Config) {
         .unwrap_or(STD_DEFAULT_STACK_BYTES);
     let connections = connections_within(limit_bytes, config, stack);
     let descriptors = 2 * connections + SPARE_DESCRIPTORS;
-    let Ok((soft, hard)) = rlimit::getrlimit(rlimit::Resource::NOFILE) else {
-        return;
-    };
-    if descriptors < soft && rlimit::setrlimit(rlimit::Resource::NOFILE, descriptors, hard).is_ok()
-    {
-        eprintln!(
-            "abide: address space limited to {} MiB: at most {connections} connections \
-             (descriptor limit lowered from {soft} to {descriptors})",
-            limit_bytes / (1024 * 1024)
-        );
+    let (soft, hard) = rlimit::getrlimit(rlimit::Resource::NOFILE).ok()?;
+    if descriptors >= soft {
+        return None;
     }
+    rlimit::setrlimit(rlimit::Resource::NOFILE, descriptors, hard).ok()?;
+    Some(format!(
+        "address space limited to {} MiB: at most {connections} connections \
+         (descriptor limit lowered from {soft} to {descriptors})",
+        limit_bytes / (1024 * 1024)
+    ))
 }
 
 /// Starts the server: binds, spawns the dispatch and kicker threads, returns.
@@ -164,7 +161,7 @@ pub fn start(config: Config) -> io::Result<Running> {
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
     // Services on a Pi often start with a soft limit of 1024 descriptors.
     let _ = rlimit::increase_nofile_limit(u64::MAX);
-    fit_descriptors_to_address_space(&config);
+    let fitted = fit_descriptors_to_address_space(&config);
     let listener = bind(&config)?;
     let addr = listener.local_addr()?;
     let hub = Hub::new(HubLimits {
@@ -206,6 +203,9 @@ pub fn start(config: Config) -> io::Result<Running> {
     Edge::add_generation(&edge)?;
     watch_accept_panics(&edge);
     print_startup_line(&edge.config, addr);
+    if let Some(fitted) = fitted {
+        eprintln!("abide: {fitted}");
+    }
     Ok(Running { addr, edge })
 }
 
