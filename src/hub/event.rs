@@ -60,10 +60,14 @@ impl Event {
 /// What a stored event costs besides its JSON, measured: the `Arc<Event>`
 /// allocation (counts, `Event`, allocator header: 64 bytes), the allocator's
 /// rounding of the JSON, its slot in the channel's ring and its entry in the
-/// hub's age order (with the slack of those growing queues). With one-byte
-/// events (JSON of about 90 bytes) resident memory grew by 207 bytes an
-/// event; the JSON plus this is 218.
-pub const EVENT_OVERHEAD_BYTES: usize = 128;
+/// hub's age order (with the slack of those growing queues), and the
+/// fragmentation of replacing events from several writer threads (two malloc
+/// arenas). One-byte events (JSON of about 90 bytes) published from one
+/// connection over 10 channels grew resident memory by 207 bytes an event;
+/// from four connections over 100 channels, with the oldest dropped all the
+/// while (`scripts/edge2-figures.py`, attack 12), by 342. The JSON plus this
+/// is 346.
+pub const EVENT_OVERHEAD_BYTES: usize = 256;
 
 /// The id sequence shared by all channels.
 #[derive(Debug, Default)]
