@@ -125,9 +125,15 @@ class Abide:
             full = ["sh", "-c", 'echo $$ > "$1/cgroup.procs" && shift && exec "$@"', "sh", cgroup] + self.command
         self.p = subprocess.Popen(full, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         self.pid = self.p.pid     # sh and prlimit exec, so this is abide's pid
-        ready = select.select([self.p.stderr], [], [], 10)[0]
-        line = self.p.stderr.readline().decode(errors="replace") if ready else ""
-        m = re.search(r"127\.0\.0\.1:(\d+)", line)
+        # The startup line says where abide listens (notes may follow it).
+        line, deadline = "", time.time() + 10
+        while "listening on" not in line and time.time() < deadline:
+            if not select.select([self.p.stderr], [], [], max(0.0, deadline - time.time()))[0]:
+                break
+            line = self.p.stderr.readline().decode(errors="replace")
+            if not line:
+                break
+        m = re.search(r"listening on http://127\.0\.0\.1:(\d+)", line)
         if not m:
             self.stop()
             raise RuntimeError(f"abide did not start: {line.strip() or 'no output'} (exit status {self.p.poll()})")
