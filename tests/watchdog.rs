@@ -138,11 +138,11 @@ fn ready_watchdog_and_stopping_are_reported() {
 #[test]
 fn watchdog_goes_quiet_while_abide_cannot_accept() {
     let systemd = Systemd::new("wedged");
-    let (mut child, addr) = serve(&systemd, 40);
+    let (mut child, addr) = serve(&systemd, 64);
     systemd.expect("READY=1");
     systemd.expect("WATCHDOG=1");
     // Idle connections until abide has no descriptor left (two each).
-    let hogs: Vec<TcpStream> = (0..40)
+    let hogs: Vec<TcpStream> = (0..64)
         .filter_map(|_| TcpStream::connect(addr).ok())
         .collect();
     assert!(hogs.len() >= 20, "{} connections", hogs.len());

@@ -30,6 +30,7 @@ use std::collections::HashMap;
 use std::io;
 use std::net::{Shutdown, SocketAddr};
 use std::os::fd::{FromRawFd, OwnedFd, RawFd};
+use std::sync::Arc;
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
@@ -48,22 +49,92 @@ const MAX_WAITING_SEARCHES: usize = 4096;
 /// Stack of the finder thread.
 const FINDER_STACK_BYTES: usize = 64 * 1024;
 
+/// Descriptors kept open (on /dev/null) for the sockets the finder hands
+/// out. Finding must work when the process has no descriptor left, which is
+/// exactly when connections must be refused and closed: a found socket is
+/// duplicated onto a free slot (`dup3`, which needs no new descriptor), and
+/// the slot points at /dev/null again when its `ConnectionSocket` drops.
+/// At most an eighth of the descriptors still free at start.
+const RESERVED_DESCRIPTORS: usize = 80;
+
+struct Reserve {
+    null: OwnedFd,
+    free: Mutex<Vec<OwnedFd>>,
+}
+
+impl Reserve {
+    fn open() -> io::Result<Reserve> {
+        let null: OwnedFd = std::fs::File::open("/dev/null")?.into();
+        let limit = rlimit::getrlimit(rlimit::Resource::NOFILE).map_or(1024, |(soft, _)| soft);
+        let open = std::fs::read_dir("/proc/self/fd").map_or(0, |dir| dir.count()) as u64;
+        let slots = RESERVED_DESCRIPTORS.min((limit.saturating_sub(open) / 8) as usize);
+        let free = (0..slots).filter_map(|_| null.try_clone().ok()).collect();
+        Ok(Reserve {
+            null,
+            free: Mutex::new(free),
+        })
+    }
+
+    /// A duplicate of `fd` that this process owns: on a reserved slot if one
+    /// is free, else on a new descriptor (which fails when none is left).
+    fn duplicate(self: &Arc<Reserve>, fd: RawFd) -> Option<ConnectionSocket> {
+        if let Some(slot) = self.free.lock().pop() {
+            use std::os::fd::AsRawFd;
+            // SAFETY: dup3 only reads `fd` (any integer) and replaces what
+            // our own `slot` refers to, atomically.
+            let done = unsafe { libc::dup3(fd, slot.as_raw_fd(), libc::O_CLOEXEC) };
+            let socket = ConnectionSocket {
+                fd: Some(slot),
+                reserve: Some(self.clone()),
+            };
+            return (done >= 0).then_some(socket);
+        }
+        // SAFETY: F_DUPFD_CLOEXEC only reads `fd` (any integer is safe to
+        // pass); on success it returns a new descriptor that we own.
+        let dup = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 0) };
+        // SAFETY: `dup` was just returned by fcntl and nothing else owns it.
+        (dup >= 0).then(|| ConnectionSocket {
+            fd: Some(unsafe { OwnedFd::from_raw_fd(dup) }),
+            reserve: None,
+        })
+    }
+}
+
 /// Our own descriptor for a client connection's socket.
 pub struct ConnectionSocket {
-    fd: OwnedFd,
+    /// Always `Some` until dropped.
+    fd: Option<OwnedFd>,
+    /// Where the descriptor goes back to, if it is a reserved slot.
+    reserve: Option<Arc<Reserve>>,
+}
+
+impl Drop for ConnectionSocket {
+    fn drop(&mut self) {
+        if let (Some(slot), Some(reserve)) = (self.fd.take(), &self.reserve) {
+            use std::os::fd::AsRawFd;
+            // SAFETY: both descriptors are ours; the slot now refers to
+            // /dev/null and the socket loses this reference.
+            unsafe { libc::dup3(reserve.null.as_raw_fd(), slot.as_raw_fd(), libc::O_CLOEXEC) };
+            reserve.free.lock().push(slot);
+        }
+    }
 }
 
 impl ConnectionSocket {
+    fn fd(&self) -> &OwnedFd {
+        self.fd.as_ref().expect("present until dropped")
+    }
+
     /// Reads return end of file once what has arrived is read; answers can
     /// still be written.
     pub fn shut_reading(&self) {
-        let _ = SockRef::from(&self.fd).shutdown(Shutdown::Read);
+        let _ = SockRef::from(self.fd()).shutdown(Shutdown::Read);
     }
 
     /// Ends the connection both ways: the client reads end of file after
     /// what was written, and tiny_http's connection thread ends.
     pub fn shut_down(&self) {
-        let _ = SockRef::from(&self.fd).shutdown(Shutdown::Both);
+        let _ = SockRef::from(self.fd()).shutdown(Shutdown::Both);
     }
 
     /// Makes the connection's final close abortive (a reset) once the
@@ -79,7 +150,7 @@ impl ConnectionSocket {
             let mut unacknowledged: libc::c_int = 0;
             // SAFETY: TIOCOUTQ (SIOCOUTQ for sockets) writes one int.
             let ok =
-                unsafe { libc::ioctl(self.fd.as_raw_fd(), libc::TIOCOUTQ, &mut unacknowledged) }
+                unsafe { libc::ioctl(self.fd().as_raw_fd(), libc::TIOCOUTQ, &mut unacknowledged) }
                     == 0;
             if !ok || unacknowledged == 0 || Instant::now() >= deadline {
                 break;
@@ -92,7 +163,7 @@ impl ConnectionSocket {
 
     /// Makes the connection's final close abortive (a reset), at once.
     pub fn reset_now(&self) {
-        let _ = SockRef::from(&self.fd).set_linger(Some(Duration::ZERO));
+        let _ = SockRef::from(self.fd()).set_linger(Some(Duration::ZERO));
     }
 
     /// The socket's inode: which socket this is, whatever descriptor or
@@ -104,7 +175,7 @@ impl ConnectionSocket {
         // ours. A failure leaves st_ino 0.
         let mut stat: libc::stat = unsafe { std::mem::zeroed() };
         // SAFETY: as above.
-        unsafe { libc::fstat(self.fd.as_raw_fd(), &mut stat) };
+        unsafe { libc::fstat(self.fd().as_raw_fd(), &mut stat) };
         stat.st_ino as u64
     }
 }
@@ -142,10 +213,11 @@ impl SocketFinder {
         let (searches, queue) = crossbeam_channel::bounded(MAX_WAITING_SEARCHES);
         let (cuts, to_cut) = crossbeam_channel::unbounded();
         let (stop, stopped) = crossbeam_channel::bounded(1);
+        let reserve = Arc::new(Reserve::open()?);
         let thread = thread::Builder::new()
             .name("abide-finder".into())
             .stack_size(FINDER_STACK_BYTES)
-            .spawn(move || run_finder(listen_port, &queue, &to_cut, &stopped))?;
+            .spawn(move || run_finder(listen_port, &reserve, &queue, &to_cut, &stopped))?;
         Ok(SocketFinder {
             searches,
             cuts,
@@ -182,6 +254,7 @@ impl SocketFinder {
 /// a single pass, resting between passes (`PASS_REST_FACTOR`).
 fn run_finder(
     listen_port: u16,
+    reserve: &Arc<Reserve>,
     queue: &Receiver<Search>,
     to_cut: &Receiver<Cut>,
     stopped: &Receiver<()>,
@@ -215,8 +288,16 @@ fn run_finder(
             }
         }
         let started = Instant::now();
-        let found = pass(listen_port, &wanted);
+        let (found, cut) = pass(listen_port, reserve, &wanted);
         not_before = Instant::now() + started.elapsed() * PASS_REST_FACTOR;
+        for (peer, inode) in cut {
+            if let Some(wanted) = wanted.remove(&peer) {
+                // Unread bodies now read as end of file: they drop at once.
+                for then in wanted.then {
+                    then(Some(inode));
+                }
+            }
+        }
         for (peer, socket) in found {
             if let Some(wanted) = wanted.remove(&peer) {
                 let inode = socket.inode();
@@ -225,7 +306,6 @@ fn run_finder(
                     socket.reset_now();
                 }
                 answer_all(wanted.answers, Some(socket));
-                // Unread bodies now read as end of file: they drop at once.
                 for then in wanted.then {
                     then(Some(inode));
                 }
@@ -258,38 +338,48 @@ fn answer_all(answers: Vec<Sender<Option<ConnectionSocket>>>, socket: Option<Con
     }
 }
 
+/// What a pass found: sockets for searches, and the inodes of those it cut.
+type Pass = (Vec<(SocketAddr, ConnectionSocket)>, Vec<(SocketAddr, u64)>);
+
 /// One pass over the descriptor table: the sockets accepted on
-/// `listen_port` whose peers are wanted.
-fn pass<T>(
-    listen_port: u16,
-    wanted: &HashMap<SocketAddr, T>,
-) -> Vec<(SocketAddr, ConnectionSocket)> {
+/// `listen_port` whose peers are searched for, and those only to cut, which
+/// are shut down and reset as they are found (so that a pass with many cuts
+/// holds few descriptors), with their inodes.
+fn pass(listen_port: u16, reserve: &Arc<Reserve>, wanted: &HashMap<SocketAddr, Wanted>) -> Pass {
     let mut found = Vec::new();
+    let mut cut = Vec::new();
+    let mut seen = std::collections::HashSet::new();
     for fd in 0..descriptor_table_size() {
         let Some(peer) = peer_of(fd) else {
             continue;
         };
-        if !wanted.contains_key(&peer) || found.iter().any(|(p, _)| *p == peer) {
+        let Some(wants) = wanted.get(&peer) else {
+            continue;
+        };
+        if seen.contains(&peer) {
             continue;
         }
         // Our own duplicate: from here on the descriptor cannot be closed
         // and reused under us, so check it again through the duplicate.
-        // SAFETY: F_DUPFD_CLOEXEC only reads `fd` (any integer is safe to
-        // pass); on success it returns a new descriptor that we own.
-        let dup = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 0) };
-        if dup < 0 {
+        let Some(socket) = reserve.duplicate(fd) else {
             continue;
-        }
-        // SAFETY: `dup` was just returned by fcntl and nothing else owns it.
-        let owned = unsafe { OwnedFd::from_raw_fd(dup) };
-        let sock = SockRef::from(&owned);
+        };
+        let sock = SockRef::from(socket.fd());
         let local = sock.local_addr().ok().and_then(|a| a.as_socket());
         let same_peer = sock.peer_addr().ok().and_then(|a| a.as_socket()) == Some(peer);
-        if same_peer && local.is_some_and(|a| a.port() == listen_port) {
-            found.push((peer, ConnectionSocket { fd: owned }));
+        if !(same_peer && local.is_some_and(|a| a.port() == listen_port)) {
+            continue;
+        }
+        seen.insert(peer);
+        if wants.answers.is_empty() {
+            socket.shut_down();
+            socket.reset_now();
+            cut.push((peer, socket.inode()));
+        } else {
+            found.push((peer, socket));
         }
     }
-    found
+    (found, cut)
 }
 
 /// Slots in this process's descriptor table (`FDSize` in
@@ -374,7 +464,7 @@ mod tests {
             .iter()
             .map(|(_, _, peer)| {
                 let (finder, peer) = (finder.clone(), *peer);
-                std::thread::spawn(move || finder.find(peer).map(|s| peer_of(s.fd.as_raw_fd())))
+                std::thread::spawn(move || finder.find(peer).map(|s| peer_of(s.fd().as_raw_fd())))
             })
             .collect();
         for (search, (_, _, peer)) in searches.into_iter().zip(&pairs) {

@@ -107,9 +107,9 @@ const THREAD_OVERHEAD_BYTES: u64 = 64 * 1024;
 /// main heap, the second malloc arena's heaps (`M_ARENA_MAX` 2 in `main.rs`;
 /// 64 MiB each on 64-bit), the fixed threads. Measured 70 MiB at start.
 const FIXED_ADDRESS_SPACE_BYTES: u64 = 160 * 1024 * 1024;
-/// Descriptors abide holds besides two per connection (listener, finder's
-/// duplicates, stdio, the kicker's and watchdog's sockets).
-const SPARE_DESCRIPTORS: u64 = 64;
+/// Descriptors abide holds besides two per connection (listener, stdio, the
+/// finder's 80 reserved slots, the kicker's and watchdog's sockets).
+const SPARE_DESCRIPTORS: u64 = 144;
 /// Stack of a thread started by `std::thread::spawn` when `RUST_MIN_STACK`
 /// is not set (tiny_http's connection threads).
 const STD_DEFAULT_STACK_BYTES: u64 = 2 * 1024 * 1024;

@@ -180,6 +180,8 @@ try {
   await send(bob, "Got it, no WebSocket needed.");
   await waitMessage(alice, "Got it, no WebSocket needed.", DELIVERY - (Date.now() - t0));
   step(`bob -> alice in ${Date.now() - t0} ms`);
+  // Bob's page shows his own message once its poll brings it back.
+  await waitMessage(bob, "Got it, no WebSocket needed.", DELIVERY);
   const seen = await texts(bob);
   check(seen.some((m) => m.name === "alice") && seen.some((m) => m.name === "bob"), `names not shown: ${JSON.stringify(seen)}`);
 
