@@ -1029,7 +1029,7 @@ ATTACKS = [
      "--max-channels 10000: a new channel evicts the oldest nobody waits on"),
     (12, "200,000 one-byte events, 8 MiB store", storage_flood,
      ["--max-stored-bytes", "8388608", "--event-ttl", "0", "--buffer", "10000"],
-     "--max-stored-bytes holds for resident memory (JSON + 128 B per event)"),
+     "--max-stored-bytes holds for resident memory (JSON + 256 B per event)"),
     ("13a", "500 KB answer read at 100 B/s", trickle_reader, TRICKLE_FLAGS,
      "every write bounded by --write-timeout (10 s)"),
     ("13b", "10 pipelined 500 KB answers read at 100 B/s", trickle_reader_pipelined, TRICKLE_FLAGS,
