@@ -399,11 +399,12 @@ impl Writer {
                 ..
             }
         );
-        let bytes = head_bytes(work.request());
         let mut lanes = self.lanes.lock();
         let mut detached = None;
         if let Some(lane) = lanes.active.get_mut(&peer) {
             if !(matches!(work, Work::Verify { .. }) && lane.dead && !lane.cut) {
+                // Only a request that queues is measured (off the common path).
+                let bytes = head_bytes(work.request());
                 let over = lane.queue.len() >= self.max_pipelined_requests
                     || lane.queued_bytes + bytes > self.max_pipelined_bytes;
                 if over {
