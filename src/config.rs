@@ -6,7 +6,10 @@
 
 use std::fmt;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
+
+pub use crate::store::sqlite::Sync;
 
 /// The largest `--max-event-bytes` accepted: an event body is read whole into
 /// memory (and stored), so one must stay small beside a Pi's RAM.
@@ -50,6 +53,11 @@ pub struct Config {
     /// Bytes (request lines and headers) one connection may have queued
     /// behind the one being answered; more and the connection is cut.
     pub max_pipelined_bytes: usize,
+    /// Directory of the SQLite database that keeps events across restarts
+    /// (`--data-dir`); `None` keeps them in memory only.
+    pub data_dir: Option<PathBuf>,
+    /// How a commit reaches the disk (`--sync`); only with `data_dir`.
+    pub sync: Sync,
     /// `Access-Control-Allow-Origin` value; `None` sends no CORS headers.
     pub cors_origin: Option<String>,
     /// No access log.
@@ -76,6 +84,8 @@ impl Default for Config {
             max_backlog: 1024,
             max_pipelined_requests: 64,
             max_pipelined_bytes: 64 * 1024,
+            data_dir: None,
+            sync: Sync::Normal,
             cors_origin: None,
             quiet: false,
             demo: true,
@@ -181,6 +191,13 @@ impl Config {
                 "--max-pipelined-bytes must be between 1024 and 16777216, got {}",
                 self.max_pipelined_bytes
             ));
+        }
+        if self
+            .data_dir
+            .as_ref()
+            .is_some_and(|d| d.as_os_str().is_empty())
+        {
+            return fail("--data-dir must name a directory".into());
         }
         if let Some(origin) = &self.cors_origin {
             let printable = origin.bytes().all(|b| (0x21..0x7f).contains(&b));

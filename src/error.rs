@@ -30,6 +30,12 @@ pub enum Error {
         message: String,
         retry_after_secs: u32,
     },
+    /// The store's disk is full: the event was not stored; try again after
+    /// `retry_after_secs`, once space is freed (507).
+    StorageFull {
+        message: String,
+        retry_after_secs: u32,
+    },
     /// A bug: a handler panicked or an invariant broke (500).
     Internal(String),
 }
@@ -46,6 +52,7 @@ impl Error {
             Error::UriTooLong { .. } => 414,
             Error::NotImplemented(_) => 501,
             Error::Busy { .. } => 503,
+            Error::StorageFull { .. } => 507,
             Error::Internal(_) => 500,
         }
     }
@@ -63,7 +70,9 @@ impl fmt::Display for Error {
             | Error::NotFound(msg)
             | Error::NotImplemented(msg)
             | Error::Internal(msg) => f.write_str(msg),
-            Error::Busy { message, .. } => f.write_str(message),
+            Error::Busy { message, .. } | Error::StorageFull { message, .. } => {
+                f.write_str(message)
+            }
             Error::MethodNotAllowed { allow } => {
                 write!(f, "method not allowed here; allowed: {allow}")
             }
@@ -98,6 +107,11 @@ mod tests {
                 .unwrap()
                 .contains("--max-event-bytes")
         );
+        let err = Error::StorageFull {
+            message: "the disk is full".into(),
+            retry_after_secs: 30,
+        };
+        assert_eq!(err.status(), 507);
         let err = Error::BadRequest("bad \"quote\"".into());
         let body: serde_json::Value = serde_json::from_str(&err.to_json()).unwrap();
         assert_eq!(body["error"], "bad \"quote\"");

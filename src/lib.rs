@@ -17,10 +17,11 @@ mod edge;
 mod error;
 mod hub;
 mod shutdown;
+mod store;
 
 use std::io;
 
-pub use config::{Config, ConfigError};
+pub use config::{Config, ConfigError, Sync};
 pub use edge::server::{Running, start};
 pub use shutdown::Shutdown;
 

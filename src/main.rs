@@ -119,6 +119,12 @@ struct Serve {
     /// bytes of request heads one connection may queue behind the one being answered; more ends the connection (default 65536)
     #[argh(option, default = "65536")]
     max_pipelined_bytes: usize,
+    /// keep events in an SQLite database in this directory (created if missing), so that they survive restarts; default: in memory only
+    #[argh(option)]
+    data_dir: Option<PathBuf>,
+    /// with --data-dir: normal (default; a killed process loses nothing acknowledged, a power cut may lose the last moments) or full (an fsync per commit; a power cut loses nothing acknowledged)
+    #[argh(option, default = "abide::Sync::Normal")]
+    sync: abide::Sync,
     /// send Access-Control-Allow-Origin with this value (an origin, or *) and answer preflights
     #[argh(option)]
     cors_origin: Option<String>,
@@ -148,6 +154,8 @@ impl Serve {
             max_backlog: self.max_backlog,
             max_pipelined_requests: self.max_pipelined_requests,
             max_pipelined_bytes: self.max_pipelined_bytes,
+            data_dir: self.data_dir,
+            sync: self.sync,
             cors_origin: self.cors_origin,
             quiet: self.quiet,
             demo: !self.no_demo,

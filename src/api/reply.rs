@@ -54,6 +54,9 @@ impl Reply {
             Error::MethodNotAllowed { allow } => reply.headers.push(("Allow", (*allow).into())),
             Error::Busy {
                 retry_after_secs, ..
+            }
+            | Error::StorageFull {
+                retry_after_secs, ..
             } => reply
                 .headers
                 .push(("Retry-After", retry_after_secs.to_string())),

@@ -44,6 +44,7 @@ use crate::edge::writer::{Close, PeerState, WAITER_STACK_BYTES, WRITER_STACK_BYT
 use crate::error::Error;
 use crate::hub::{Hub, HubLimits, PollStart};
 use crate::shutdown::Shutdown;
+use crate::store::{self, JournalThread};
 
 /// Largest body a request that reads none (anything but a publish) may
 /// carry: tiny_http reads up to this much with the head, before abide sees
@@ -91,6 +92,8 @@ struct Edge {
     kicker: Arc<Kicker>,
     /// A generation with no request for this long has no connection left.
     quiet_period: Duration,
+    /// With `--data-dir`: the journal thread, stopped after the writers.
+    journal: Mutex<Option<JournalThread>>,
 }
 
 struct Generation {
@@ -164,14 +167,28 @@ pub fn start(config: Config) -> io::Result<Running> {
     let fitted = fit_descriptors_to_address_space(&config);
     let listener = bind(&config)?;
     let addr = listener.local_addr()?;
-    let hub = Hub::new(HubLimits {
+    let limits = HubLimits {
         buffer_events: config.buffer_events,
         event_ttl: config.event_ttl,
         max_channels: config.max_channels,
         max_stored_bytes: config.max_stored_bytes,
         max_waiters: config.max_waiters,
-    });
-    let writer = Writer::new(&config, hub.clone(), SocketFinder::start(addr.port())?)?;
+    };
+    let (hub, journal) = match &config.data_dir {
+        None => (Hub::new(limits), None),
+        Some(dir) => {
+            // Each writer thread queues at most one record at a time.
+            let (hub, journal) = store::open(dir, config.sync, limits, config.max_writers)
+                .map_err(io::Error::other)?;
+            (hub, Some(journal))
+        }
+    };
+    let writer = Writer::new(
+        &config,
+        hub.clone(),
+        journal.as_ref().map(JournalThread::journal),
+        SocketFinder::start(addr.port())?,
+    )?;
     let quiet_period = config.max_timeout
         + config.max_timeout / 16
         + config.idle_timeout
@@ -188,6 +205,7 @@ pub fn start(config: Config) -> io::Result<Running> {
         accept_backoff_ms: AtomicU64::new(ACCEPT_BACKOFF_MIN.as_millis() as u64),
         kicker,
         quiet_period,
+        journal: Mutex::new(journal),
         config,
     });
     {
@@ -203,6 +221,15 @@ pub fn start(config: Config) -> io::Result<Running> {
     Edge::add_generation(&edge)?;
     watch_accept_panics(&edge);
     print_startup_line(&edge.config, addr);
+    if edge.config.data_dir.is_some() {
+        let stats = edge.hub.stats();
+        eprintln!(
+            "abide: restored {} events in {} channels; ids continue after {}",
+            stats.events_stored,
+            stats.channels,
+            edge.hub.last_id()
+        );
+    }
     if let Some(fitted) = fitted {
         eprintln!("abide: {fitted}");
     }
@@ -213,7 +240,7 @@ fn print_startup_line(c: &Config, addr: SocketAddr) {
     eprintln!(
         "abide {} listening on http://{addr} (max-waiters {}, timeout {}s default / {}s max, \
          buffer {} events, max-event-bytes {}, max-channels {}, max-stored-bytes {}, \
-         idle-timeout {}s, write-timeout {}s, max-writers {}, event-ttl {}, cors {}, demo {})",
+         idle-timeout {}s, write-timeout {}s, max-writers {}, event-ttl {}, cors {}, demo {}); {}",
         env!("CARGO_PKG_VERSION"),
         c.max_waiters,
         c.default_timeout.as_secs(),
@@ -229,6 +256,14 @@ fn print_startup_line(c: &Config, addr: SocketAddr) {
             .map_or("off".to_string(), |t| format!("{}s", t.as_secs())),
         c.cors_origin.as_deref().unwrap_or("off"),
         if c.demo { "on" } else { "off" },
+        match &c.data_dir {
+            None => "events in memory only (lost at exit; --data-dir keeps them)".to_string(),
+            Some(dir) => format!(
+                "events stored in {} (sync {})",
+                dir.join(store::sqlite::DATABASE_FILE).display(),
+                c.sync.name()
+            ),
+        },
     );
 }
 
@@ -294,6 +329,10 @@ impl Running {
         }
         edge.kicker.stop();
         edge.writer.join(deadline);
+        // After the writers: what they queued is committed and answered.
+        if let Some(journal) = edge.journal.lock().take() {
+            journal.stop();
+        }
         let servers = std::mem::take(&mut *edge.servers.lock());
         for generation in servers {
             let edge = edge.clone();
@@ -609,7 +648,10 @@ impl Edge {
                     started,
                 });
             }
-            Ok(Action::DeleteChannel { channel }) if self.lane_busy(&request) => {
+            // With a store, a deletion waits for its commit: on a writer.
+            Ok(Action::DeleteChannel { channel })
+                if self.lane_busy(&request) || self.writer.has_store() =>
+            {
                 return self.writer.submit(Work::Delete {
                     request,
                     channel,

@@ -58,6 +58,7 @@ use crate::edge::server::all_headers;
 use crate::edge::watchdog::WATCHDOG_TARGET;
 use crate::error::Error;
 use crate::hub::{EarlyAnswer, Hub, PollStart, Ticket, Wake};
+use crate::store::Journal;
 
 /// Stack of a waiter thread: it waits and writes a prepared answer.
 pub const WAITER_STACK_BYTES: usize = 64 * 1024;
@@ -276,6 +277,9 @@ pub struct Writer {
     /// This writer, for work the finder thread does on its behalf.
     me: Weak<Writer>,
     hub: Hub,
+    /// With `--data-dir`: publishes and deletions go through the journal,
+    /// which answers once they are committed.
+    journal: Option<Journal>,
     max_event_bytes: usize,
     idle_timeout: Duration,
     cors_origin: Option<String>,
@@ -297,7 +301,18 @@ pub struct Writer {
 }
 
 impl Writer {
-    pub fn new(config: &Config, hub: Hub, finder: SocketFinder) -> io::Result<Arc<Writer>> {
+    /// Whether events go through a store's journal (`--data-dir`); its
+    /// deletions then block on a commit, so they run on a writer thread.
+    pub fn has_store(&self) -> bool {
+        self.journal.is_some()
+    }
+
+    pub fn new(
+        config: &Config,
+        hub: Hub,
+        journal: Option<Journal>,
+        finder: SocketFinder,
+    ) -> io::Result<Arc<Writer>> {
         let this: Arc<OnceLock<Weak<Writer>>> = Arc::default();
         let for_deadlines = this.clone();
         let deadlines = AnswerDeadlines::start(move |peer| {
@@ -311,6 +326,7 @@ impl Writer {
             Writer {
                 me: me.clone(),
                 hub,
+                journal,
                 max_event_bytes: config.max_event_bytes,
                 idle_timeout: config.idle_timeout,
                 cors_origin: config.cors_origin.clone(),
@@ -697,8 +713,17 @@ impl Writer {
                 channel,
                 started,
             } => {
-                self.hub.delete(&channel);
-                (request, Reply::empty(204), started)
+                let reply = match &self.journal {
+                    Some(journal) => match journal.delete(&channel) {
+                        Ok(()) => Reply::empty(204),
+                        Err(err) => Reply::error(&err),
+                    },
+                    None => {
+                        self.hub.delete(&channel);
+                        Reply::empty(204)
+                    }
+                };
+                (request, reply, started)
             }
             other => return other,
         };
@@ -822,11 +847,18 @@ impl Writer {
         let value: serde_json::Value = serde_json::from_str(text)
             .map_err(|e| refuse(Error::BadRequest(format!("body is not valid JSON: {e}"))))?;
         let data_json = serde_json::to_string(&value).expect("a Value serializes");
-        let (event, waiters) = self
-            .hub
-            .publish_deferred(channel, &data_json)
-            .map_err(refuse)?;
-        *wake = Some(waiters);
+        let event = match &self.journal {
+            // Answered once committed; the journal wakes the waiters.
+            Some(journal) => journal.publish(channel, data_json).map_err(refuse)?,
+            None => {
+                let (event, waiters) = self
+                    .hub
+                    .publish_deferred(channel, &data_json)
+                    .map_err(refuse)?;
+                *wake = Some(waiters);
+                event
+            }
+        };
         Ok((Reply::json(201, event.json.to_string()), Close::No))
     }
 

@@ -86,6 +86,17 @@ impl IdClock {
         Some(id)
     }
 
+    /// The largest id issued so far (0 if none).
+    pub fn last_id(&self) -> u64 {
+        self.last_id
+    }
+
+    /// Continues a sequence that already issued ids up to `id` (a store
+    /// restoring what it kept): later ids are larger, whatever the clock says.
+    pub fn raise_to(&mut self, id: u64) {
+        self.last_id = self.last_id.max(id);
+    }
+
     /// The largest id this server could have issued by now. A cursor above it
     /// did not come from this server (or the clock stepped back across a restart).
     pub fn horizon(&self, now_micros: u64) -> u64 {

@@ -7,9 +7,18 @@
 //! the lock while notifying: publishers collect the condvars of the channels
 //! they touched, release the lock, then wake exactly those waiters.
 //!
+//! Events enter in one of two ways. In memory only, a writer thread calls
+//! `publish_deferred`, which issues the id and stores the event under one
+//! lock. With a store (`store/`), the store's journal thread issues ids
+//! (`issue_ids`), commits, and only then calls `apply`, so that a poll never
+//! sees an event that is not committed; the hub records what it drops
+//! (`Change`) for the journal to take (`take_changes`) into its next commit.
+//! The hub never calls the store and never waits for it.
+//!
 //! Called from the dispatch thread (`begin_poll`, `channel_info`, `delete`,
-//! `stats`), from writer threads (`publish_deferred`) and from waiter threads
-//! (`wait`).
+//! `stats`), from writer threads (`publish_deferred`, `check_publish`), from
+//! waiter threads (`wait`) and from the store's journal thread (`issue_ids`,
+//! `apply`, `take_changes`).
 
 pub mod channel;
 pub mod event;
@@ -20,6 +29,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, Instant, SystemTime};
 
+use crossbeam_channel::Sender;
 use parking_lot::{Condvar, Mutex};
 
 use crate::api::request::PollSpec;
@@ -42,6 +52,36 @@ pub struct HubLimits {
     pub max_channels: usize,
     pub max_stored_bytes: usize,
     pub max_waiters: usize,
+}
+
+/// What the hub dropped, for a store to make durable (`Hub::take_changes`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    /// An event dropped by overflow, age, the memory limit or eviction; a
+    /// cursor below `id` on `channel` has missed something.
+    Dropped { channel: Arc<str>, id: u64 },
+    /// The tombstone of `channel` was evicted (`max_tombstones`): its losses
+    /// are no longer remembered. `last_id` is the largest id issued so far.
+    Forgotten { channel: Arc<str>, last_id: u64 },
+}
+
+/// What a store committed, for `Hub::apply` to make visible, in commit order.
+#[derive(Debug)]
+pub enum Committed {
+    Event {
+        channel: Arc<str>,
+        event: Arc<Event>,
+    },
+    Delete {
+        channel: Arc<str>,
+    },
+}
+
+/// The changes a store has not taken yet, and how to tell it there are some.
+struct Pending {
+    changes: Vec<Change>,
+    /// Signalled (without blocking) when `changes` stops being empty.
+    nudge: Sender<()>,
 }
 
 /// The handle. Cheap to clone; all clones share one state.
@@ -70,6 +110,8 @@ struct Counters {
     connections_cut: AtomicU64,
     requests_overloaded: AtomicU64,
     requests_malformed: AtomicU64,
+    store_commits: AtomicU64,
+    store_errors: AtomicU64,
 }
 
 /// Everything behind the lock.
@@ -89,6 +131,8 @@ struct State {
     tombstone_order: VecDeque<Arc<str>>,
     max_tombstones: usize,
     ids: IdClock,
+    /// With a store: what was dropped since the store last took the changes.
+    pending: Option<Pending>,
     /// Events held over all channels, and the bytes they count.
     stored_events: usize,
     stored_bytes: usize,
@@ -179,7 +223,24 @@ impl EarlyAnswer {
 }
 
 impl Hub {
+    /// A hub that keeps events in memory only.
     pub fn new(limits: HubLimits) -> Hub {
+        Hub::build(limits, None)
+    }
+
+    /// A hub whose events a store commits (`apply`); it records what it
+    /// drops and signals `nudge` when there is something to take.
+    pub fn with_store(limits: HubLimits, nudge: Sender<()>) -> Hub {
+        Hub::build(
+            limits,
+            Some(Pending {
+                changes: Vec::new(),
+                nudge,
+            }),
+        )
+    }
+
+    fn build(limits: HubLimits, pending: Option<Pending>) -> Hub {
         Hub {
             shared: Arc::new(Shared {
                 state: Mutex::new(State {
@@ -189,6 +250,7 @@ impl Hub {
                     tombstone_order: VecDeque::new(),
                     max_tombstones: limits.max_channels,
                     ids: IdClock::default(),
+                    pending,
                     stored_events: 0,
                     stored_bytes: 0,
                     next_generation: 1,
@@ -214,7 +276,8 @@ impl Hub {
 
     /// Like `publish`, but the waiters are woken only when the returned `Wake`
     /// is dropped, so that the publisher can be answered first: its round trip
-    /// then does not grow with the number of waiters.
+    /// then does not grow with the number of waiters. In memory only: with a
+    /// store, events enter through `apply` once committed.
     pub fn publish_deferred(
         &self,
         channel: &str,
@@ -224,45 +287,133 @@ impl Hub {
         let now = Instant::now();
         let at = SystemTime::now();
         let mut st = self.shared.state.lock();
-        if st.shutting_down {
-            return Err(shutting_down());
-        }
+        debug_assert!(st.pending.is_none(), "a store publishes through apply");
         let mut dropped = st.expire(now, limits);
-        let name = match st.channels.get_key_value(channel) {
-            Some((name, _)) => name.clone(),
-            None => {
-                dropped += st
-                    .make_room_for_channels(1, limits.max_channels)
-                    .ok_or_else(|| too_many_channels(limits.max_channels))?;
-                Arc::from(channel)
-            }
-        };
-        let id = st
-            .ids
-            .next_id(wall_micros(at))
-            .ok_or_else(|| Error::Internal("event ids are exhausted (2^53)".into()))?;
+        st.check_publish(channel, limits)?;
+        let id = st.ids.next_id(wall_micros(at)).ok_or_else(ids_exhausted)?;
         let event = Event::new(id, channel, at, now, data_json);
-        if !st.channels.contains_key(channel) {
-            let generation = st.new_generation();
-            let dropped_through = st.unbury(channel);
-            st.channels
-                .insert(name.clone(), Channel::new(generation, dropped_through));
-        }
-        let ch = st.channels.get_mut(channel).expect("inserted above");
-        let overflow = ch.push(event.clone(), limits.buffer_events);
-        let wake: Vec<Arc<Condvar>> = ch.waiters.values().cloned().collect();
-        st.order.push_back((id, name));
-        st.stored_events += 1;
-        st.stored_bytes += event.stored_bytes();
-        dropped += st.forget(&overflow);
-        dropped += st.enforce_memory(limits);
-        st.compact_order();
+        let (wake, lost) = st.insert(Arc::from(channel), event.clone(), limits);
+        dropped += lost;
         drop(st);
 
         let counters = &self.shared.counters;
         counters.events_published.fetch_add(1, Relaxed);
         counters.events_dropped.fetch_add(dropped as u64, Relaxed);
         Ok((event, Wake(wake)))
+    }
+
+    /// Refuses a publish on `channel` that could not be stored now (shutting
+    /// down, or `--max-channels` reached with every channel waited on). A
+    /// store asks before it queues the event for its commit.
+    pub fn check_publish(&self, channel: &str) -> Result<(), Error> {
+        let limits = &self.shared.limits;
+        let mut st = self.shared.state.lock();
+        let dropped = st.expire(Instant::now(), limits);
+        self.count_dropped(dropped);
+        st.check_publish(channel, limits)
+    }
+
+    /// Issues `count` ids, ascending, for events published at `at` (a store
+    /// calls it before committing them).
+    pub fn issue_ids(&self, count: usize, at: SystemTime) -> Result<Vec<u64>, Error> {
+        let mut st = self.shared.state.lock();
+        (0..count)
+            .map(|_| st.ids.next_id(wall_micros(at)).ok_or_else(ids_exhausted))
+            .collect()
+    }
+
+    /// Makes committed events and deletions visible, in commit order. The
+    /// returned `Wake` wakes the waiters of the channels they touched.
+    pub fn apply(&self, committed: &[Committed]) -> Wake {
+        let limits = &self.shared.limits;
+        let now = Instant::now();
+        let mut wake = Vec::new();
+        let (mut published, mut dropped) = (0, 0);
+        let mut st = self.shared.state.lock();
+        dropped += st.expire(now, limits);
+        for item in committed {
+            match item {
+                Committed::Event { channel, event } => {
+                    let (woken, lost) = st.insert(channel.clone(), event.clone(), limits);
+                    wake.extend(woken);
+                    dropped += lost;
+                    published += 1;
+                }
+                Committed::Delete { channel } => wake.extend(st.delete(channel)),
+            }
+        }
+        drop(st);
+        let counters = &self.shared.counters;
+        counters.events_published.fetch_add(published, Relaxed);
+        self.count_dropped(dropped);
+        Wake(wake)
+    }
+
+    /// Starts rebuilding the state a store kept: `tombstones` are channels
+    /// with the largest id each lost, least recent first; `last_id` is the
+    /// largest id ever issued. Then `restore_events`, then `restored`.
+    pub fn restore(&self, tombstones: Vec<(Arc<str>, u64)>, last_id: u64) {
+        let mut st = self.shared.state.lock();
+        st.ids.raise_to(last_id);
+        for (channel, dropped_through) in tombstones {
+            st.ids.raise_to(dropped_through);
+            st.tombstones.insert(channel.clone(), dropped_through);
+            st.tombstone_order.push_back(channel);
+        }
+    }
+
+    /// Stores events read back from a store, in id order, under today's
+    /// limits; what the limits drop becomes changes for the store.
+    pub fn restore_events(&self, events: impl IntoIterator<Item = (Arc<str>, Arc<Event>)>) {
+        let limits = &self.shared.limits;
+        let now = Instant::now();
+        let mut st = self.shared.state.lock();
+        let mut dropped = 0;
+        for (channel, event) in events {
+            st.ids.raise_to(event.id);
+            dropped += st.expire(now, limits);
+            dropped += st.insert(channel, event, limits).1;
+        }
+        drop(st);
+        self.count_dropped(dropped);
+    }
+
+    /// Ends a restore: tombstones past the limit are forgotten.
+    pub fn restored(&self) {
+        self.shared.state.lock().trim_tombstones();
+    }
+
+    /// The largest id issued so far.
+    pub fn last_id(&self) -> u64 {
+        self.shared.state.lock().ids.last_id()
+    }
+
+    /// Counts a store commit.
+    pub fn count_store_commit(&self) {
+        self.shared.counters.store_commits.fetch_add(1, Relaxed);
+    }
+
+    /// Counts a failed store commit.
+    pub fn count_store_error(&self) {
+        self.shared.counters.store_errors.fetch_add(1, Relaxed);
+    }
+
+    /// What was dropped since the last call (empty in memory only).
+    pub fn take_changes(&self) -> Vec<Change> {
+        let mut st = self.shared.state.lock();
+        st.pending
+            .as_mut()
+            .map(|p| std::mem::take(&mut p.changes))
+            .unwrap_or_default()
+    }
+
+    /// Gives back changes a store failed to commit, ahead of newer ones.
+    pub fn return_changes(&self, mut changes: Vec<Change>) {
+        let mut st = self.shared.state.lock();
+        if let Some(pending) = st.pending.as_mut() {
+            changes.append(&mut pending.changes);
+            pending.changes = changes;
+        }
     }
 
     /// Decides a poll: answer now, or register it to wait (taking a slot).
@@ -393,34 +544,26 @@ impl Hub {
         answer
     }
 
-    /// Drops a channel's events and answers its waiters `410`.
+    /// Drops a channel's events and answers its waiters `410` (in memory
+    /// only: with a store, deletions enter through `apply` once committed).
     pub fn delete(&self, channel: &str) {
         let mut st = self.shared.state.lock();
-        st.unbury(channel);
-        let Some(ch) = st.channels.remove(channel) else {
-            return;
-        };
-        st.stored_events -= ch.len();
-        let mut bytes = 0;
-        let mut ch = ch;
-        while let Some(event) = ch.drop_oldest() {
-            bytes += event.stored_bytes();
-        }
-        st.stored_bytes -= bytes;
-        st.compact_order();
+        let wake = st.delete(channel);
         drop(st);
-        for condvar in ch.waiters.values() {
-            condvar.notify_one();
-        }
+        drop(Wake(wake));
     }
 
     /// Drops events past `--event-ttl` (and counts them), under the lock.
     fn expire(&self, st: &mut State, now: Instant) {
         let dropped = st.expire(now, &self.shared.limits);
-        self.shared
-            .counters
-            .events_dropped
-            .fetch_add(dropped as u64, Relaxed);
+        self.count_dropped(dropped);
+    }
+
+    fn count_dropped(&self, dropped: usize) {
+        if dropped > 0 {
+            let counters = &self.shared.counters;
+            counters.events_dropped.fetch_add(dropped as u64, Relaxed);
+        }
     }
 
     /// The `GET /channels/{name}` figures, or `None` for an unknown channel.
@@ -493,7 +636,7 @@ impl Hub {
     }
 
     pub fn stats(&self) -> Stats {
-        let (waiters, peak_waiters, channels, events_stored, stored_bytes) = {
+        let (waiters, peak_waiters, channels, events_stored, stored_bytes, store) = {
             let mut st = self.shared.state.lock();
             self.expire(&mut st, Instant::now());
             (
@@ -502,6 +645,11 @@ impl Hub {
                 st.channels.len(),
                 st.stored_events,
                 st.stored_bytes,
+                if st.pending.is_some() {
+                    "sqlite"
+                } else {
+                    "memory"
+                },
             )
         };
         let c = &self.shared.counters;
@@ -522,9 +670,13 @@ impl Hub {
             connections_cut: c.connections_cut.load(Relaxed),
             requests_overloaded: c.requests_overloaded.load(Relaxed),
             requests_malformed: c.requests_malformed.load(Relaxed),
+            store,
+            store_commits: c.store_commits.load(Relaxed),
+            store_errors: c.store_errors.load(Relaxed),
             uptime_seconds: self.shared.started.elapsed().as_secs(),
             threads: None,
             resident_bytes: None,
+            disk_written_bytes: None,
         }
     }
 }
@@ -550,24 +702,121 @@ impl State {
         let dropped_through = ch.dropped_through();
         let (name, _) = self.channels.remove_entry(name).expect("present");
         if dropped_through > 0 {
-            self.tombstones.insert(name.clone(), dropped_through);
-            self.tombstone_order.push_back(name);
-            while self.tombstones.len() > self.max_tombstones {
-                let Some(oldest) = self.tombstone_order.pop_front() else {
-                    break;
-                };
-                self.tombstones.remove(&oldest);
+            self.bury(name, dropped_through);
+        }
+    }
+
+    /// Remembers that `name`, which holds nothing now, lost events through
+    /// `dropped_through`; evicts the oldest tombstones past `max_tombstones`.
+    fn bury(&mut self, name: Arc<str>, dropped_through: u64) {
+        self.tombstones.insert(name.clone(), dropped_through);
+        self.tombstone_order.push_back(name);
+        self.trim_tombstones();
+    }
+
+    /// Evicts the oldest tombstones past `max_tombstones`.
+    fn trim_tombstones(&mut self) {
+        while self.tombstones.len() > self.max_tombstones {
+            let Some(oldest) = self.tombstone_order.pop_front() else {
+                break;
+            };
+            if self.tombstones.remove(&oldest).is_some() {
+                let last_id = self.ids.last_id();
+                self.record(Change::Forgotten {
+                    channel: oldest,
+                    last_id,
+                });
             }
-            if self.tombstone_order.len() > 2 * self.tombstones.len() + 64 {
-                let tombstones = &self.tombstones;
-                self.tombstone_order.retain(|n| tombstones.contains_key(n));
+        }
+        if self.tombstone_order.len() > 2 * self.tombstones.len() + 64 {
+            let tombstones = &self.tombstones;
+            self.tombstone_order.retain(|n| tombstones.contains_key(n));
+        }
+    }
+
+    /// Notes a change for the store, if there is one.
+    fn record(&mut self, change: Change) {
+        if let Some(pending) = self.pending.as_mut() {
+            if pending.changes.is_empty() {
+                // Full means a nudge is already waiting to be read.
+                let _ = pending.nudge.try_send(());
             }
+            pending.changes.push(change);
         }
     }
 
     /// Takes the tombstone of `name`, if any: the highest id it lost unread.
     fn unbury(&mut self, name: &str) -> u64 {
         self.tombstones.remove(name).unwrap_or(0)
+    }
+
+    /// Refuses a publish on `channel` when shutting down, or when it would
+    /// add a channel past `--max-channels` and no channel is idle to evict.
+    fn check_publish(&self, channel: &str, limits: &HubLimits) -> Result<(), Error> {
+        if self.shutting_down {
+            return Err(shutting_down());
+        }
+        let room = self.channels.contains_key(channel)
+            || self.channels.len() < limits.max_channels
+            || self.channels.values().any(|c| c.waiters.is_empty());
+        if room {
+            Ok(())
+        } else {
+            Err(too_many_channels(limits.max_channels))
+        }
+    }
+
+    /// Stores `event` (whose id exceeds every stored id) on `name`, creating
+    /// the channel if needed, and applies the limits. Returns the condvars of
+    /// the channel's waiters and how many events the limits dropped.
+    fn insert(
+        &mut self,
+        name: Arc<str>,
+        event: Arc<Event>,
+        limits: &HubLimits,
+    ) -> (Vec<Arc<Condvar>>, usize) {
+        let mut dropped = 0;
+        let name = match self.channels.get_key_value(&*name) {
+            Some((key, _)) => key.clone(),
+            None => {
+                // `check_publish` found room. If polls took it since (a
+                // store commits in between), the channel goes past the limit
+                // until one is removed, rather than losing a committed event.
+                dropped += self
+                    .make_room_for_channels(1, limits.max_channels)
+                    .unwrap_or(0);
+                let generation = self.new_generation();
+                let dropped_through = self.unbury(&name);
+                self.channels
+                    .insert(name.clone(), Channel::new(generation, dropped_through));
+                name
+            }
+        };
+        let ch = self.channels.get_mut(&name).expect("inserted above");
+        let overflow = ch.push(event.clone(), limits.buffer_events);
+        let wake: Vec<Arc<Condvar>> = ch.waiters.values().cloned().collect();
+        self.order.push_back((event.id, name.clone()));
+        self.stored_events += 1;
+        self.stored_bytes += event.stored_bytes();
+        dropped += self.forget(&name, &overflow);
+        dropped += self.enforce_memory(limits);
+        self.compact_order();
+        (wake, dropped)
+    }
+
+    /// Removes `channel` and its events; returns the condvars of its
+    /// waiters, which then find their channel gone.
+    fn delete(&mut self, channel: &str) -> Vec<Arc<Condvar>> {
+        self.unbury(channel);
+        let Some(mut ch) = self.channels.remove(channel) else {
+            return Vec::new();
+        };
+        self.stored_events -= ch.len();
+        while let Some(event) = ch.drop_oldest() {
+            self.stored_bytes -= event.stored_bytes();
+        }
+        self.compact_order();
+        ch.waiters.into_values().collect()
     }
 
     fn new_generation(&mut self) -> u64 {
@@ -615,11 +864,16 @@ impl State {
         }
     }
 
-    /// Takes dropped events off the totals; returns how many.
-    fn forget(&mut self, dropped: &[Arc<Event>]) -> usize {
+    /// Takes events dropped from `channel` off the totals and records them
+    /// for the store; returns how many.
+    fn forget(&mut self, channel: &Arc<str>, dropped: &[Arc<Event>]) -> usize {
         for event in dropped {
             self.stored_events -= 1;
             self.stored_bytes -= event.stored_bytes();
+            self.record(Change::Dropped {
+                channel: channel.clone(),
+                id: event.id,
+            });
         }
         dropped.len()
     }
@@ -675,7 +929,7 @@ impl State {
             while let Some(event) = ch.drop_oldest() {
                 lost.push(event);
             }
-            dropped += self.forget(&lost);
+            dropped += self.forget(&name, &lost);
             self.remove_if_idle(&name);
         }
         Some(dropped)
@@ -704,7 +958,7 @@ impl State {
             let ch = self.channels.get_mut(&name).expect("checked above");
             ch.drop_oldest();
             self.remove_if_idle(&name);
-            self.forget(&[event]);
+            self.forget(&name, &[event]);
             dropped += 1;
         }
         dropped
@@ -736,6 +990,10 @@ fn shutting_down() -> Error {
         message: "server is shutting down".into(),
         retry_after_secs: 1,
     }
+}
+
+fn ids_exhausted() -> Error {
+    Error::Internal("event ids are exhausted (2^53)".into())
 }
 
 fn too_many_channels(max: usize) -> Error {

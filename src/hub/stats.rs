@@ -43,11 +43,21 @@ pub struct Stats {
     pub requests_overloaded: u64,
     /// Request heads refused as malformed, by tiny_http or by abide.
     pub requests_malformed: u64,
+    /// Where events are kept: `memory`, or `sqlite` (`--data-dir`).
+    pub store: &'static str,
+    /// Transactions the store committed (each carries a batch of events).
+    pub store_commits: u64,
+    /// Commits that failed (disk full, I/O error); their publishes were
+    /// refused and nothing of them was stored.
+    pub store_errors: u64,
     pub uptime_seconds: u64,
     /// Threads of the process (Linux only).
     pub threads: Option<u64>,
     /// Resident memory of the process in bytes (Linux only).
     pub resident_bytes: Option<u64>,
+    /// Bytes the process caused to be written to storage since it started
+    /// (`write_bytes` of `/proc/self/io`; Linux only): what an SD card wears by.
+    pub disk_written_bytes: Option<u64>,
 }
 
 impl Stats {
@@ -56,6 +66,9 @@ impl Stats {
         if let Ok(status) = std::fs::read_to_string("/proc/self/status") {
             self.threads = status_field(&status, "Threads:");
             self.resident_bytes = status_field(&status, "VmRSS:").map(|kib| kib * 1024);
+        }
+        if let Ok(io) = std::fs::read_to_string("/proc/self/io") {
+            self.disk_written_bytes = status_field(&io, "write_bytes:");
         }
         self
     }
@@ -170,6 +183,26 @@ impl Stats {
             "counter",
             "Request heads refused as malformed.",
             Some(self.requests_malformed),
+        );
+        if self.store != "memory" {
+            metric(
+                "store_commits_total",
+                "counter",
+                "Transactions the store committed.",
+                Some(self.store_commits),
+            );
+            metric(
+                "store_errors_total",
+                "counter",
+                "Store commits that failed (their publishes were refused).",
+                Some(self.store_errors),
+            );
+        }
+        metric(
+            "disk_written_bytes_total",
+            "counter",
+            "Bytes the process caused to be written to storage.",
+            self.disk_written_bytes,
         );
         metric(
             "uptime_seconds",

@@ -1,0 +1,429 @@
+//! Where events outlive memory: the journal thread and its group commit.
+//!
+//! With `--data-dir`, a publish or a deletion is not done by the writer
+//! thread that took the request. The writer queues a `Record` to the one
+//! journal thread (a bounded crossbeam channel) and blocks on its receipt.
+//! The journal takes every record queued meanwhile as one batch (at most
+//! `MAX_BATCH_RECORDS`), has the hub issue their ids, writes them and what
+//! the hub dropped since the last batch (`hub::Change`) in one SQLite
+//! transaction, and only after the commit makes them visible (`Hub::apply`),
+//! answers the receipts, then wakes the waiters. So a `201` means committed,
+//! no poll ever sees an event that a crash could take back, and concurrent
+//! publishes share one commit (and one `fsync` with `--sync full`).
+//!
+//! The journal thread is the only one that touches the database after
+//! start. It never holds the hub's lock while writing (the hub's lock stays
+//! a leaf), and it blocks in `select!` with no timeout when there is nothing
+//! to write (idle costs no wake-up). Without `--data-dir` none of this
+//! exists: writers publish straight into the hub.
+
+pub mod sqlite;
+
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError, bounded, select};
+
+use crate::error::Error;
+use crate::hub::event::Event;
+use crate::hub::{Committed, Hub, HubLimits};
+use crate::store::sqlite::{Database, Op, Sync};
+
+/// Most records in one commit; the rest wait for the next one.
+pub const MAX_BATCH_RECORDS: usize = 256;
+
+/// How long a batch that only writes what the hub dropped waits for a
+/// publish to share its commit (dropped events leave the file this late).
+pub const DROPPED_FLUSH_DELAY: Duration = Duration::from_secs(1);
+
+/// How long a record may wait in the queue before the journal takes it; past
+/// that its publisher is answered `503` and the journal skips it. Once taken,
+/// a record's publisher waits for the commit's outcome, whatever it takes.
+pub const MAX_QUEUE_WAIT: Duration = Duration::from_secs(10);
+
+/// Stack of the journal thread: SQLite's b-tree balancing keeps a few pages'
+/// worth of state on the stack.
+const JOURNAL_STACK_BYTES: usize = 512 * 1024;
+
+/// Events read back per call to `Hub::restore_events` at start.
+const RESTORE_CHUNK_EVENTS: usize = 4096;
+
+/// A record's claim: queued, taken by the journal, or given up by its publisher.
+const QUEUED: u8 = 0;
+const TAKEN: u8 = 1;
+const ABANDONED: u8 = 2;
+
+/// Where a record's outcome goes, and who may still act on it.
+struct Receipt<T> {
+    claim: Arc<AtomicU8>,
+    to: Sender<Result<T, Error>>,
+}
+
+impl<T> Receipt<T> {
+    /// Takes the record for a commit, unless its publisher gave up on it.
+    fn take(&self) -> bool {
+        self.claim
+            .compare_exchange(QUEUED, TAKEN, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+    }
+
+    fn answer(&self, outcome: Result<T, Error>) {
+        // The publisher waits for it; a full or closed channel cannot happen
+        // (one answer per receipt) or means it is gone.
+        let _ = self.to.try_send(outcome);
+    }
+}
+
+enum Record {
+    Publish {
+        channel: Arc<str>,
+        data_json: String,
+        receipt: Receipt<Arc<Event>>,
+    },
+    Delete {
+        channel: Arc<str>,
+        receipt: Receipt<()>,
+    },
+    /// Commit what is queued, then end the thread.
+    Stop,
+}
+
+/// The handle writers hold: queues records and waits for their receipts.
+#[derive(Clone)]
+pub struct Journal {
+    records: Sender<Record>,
+    hub: Hub,
+}
+
+/// The running journal thread.
+pub struct JournalThread {
+    journal: Journal,
+    thread: JoinHandle<()>,
+}
+
+/// Opens the database in `dir`, rebuilds the hub from it (under today's
+/// limits), and starts the journal thread. `queue_records` bounds the
+/// records waiting for a commit (one per writer thread at most is normal).
+pub fn open(
+    dir: &Path,
+    sync: Sync,
+    limits: HubLimits,
+    queue_records: usize,
+) -> Result<(Hub, JournalThread), String> {
+    let db = Database::open(dir, sync)?;
+    let (nudge_tx, nudge_rx) = bounded(1);
+    let hub = Hub::with_store(limits, nudge_tx);
+    let loaded = db.load_channels()?;
+    hub.restore(loaded.tombstones, loaded.last_id);
+    // Events go into the hub a few thousand at a time, so that what today's
+    // limits drop at once is never all held in memory.
+    let mut events = Vec::with_capacity(RESTORE_CHUNK_EVENTS);
+    db.load_events(|channel, event| {
+        events.push((channel, event));
+        if events.len() == RESTORE_CHUNK_EVENTS {
+            hub.restore_events(events.drain(..));
+        }
+    })?;
+    hub.restore_events(events);
+    hub.restored();
+    let (records_tx, records_rx) = bounded(queue_records.max(1) + 1);
+    let journal = Journal {
+        records: records_tx,
+        hub: hub.clone(),
+    };
+    let thread = {
+        let hub = hub.clone();
+        thread::Builder::new()
+            .name("abide-journal".into())
+            .stack_size(JOURNAL_STACK_BYTES)
+            .spawn(move || run(db, hub, records_rx, nudge_rx))
+            .map_err(|e| format!("cannot start the journal thread: {e}"))?
+    };
+    Ok((hub, JournalThread { journal, thread }))
+}
+
+impl JournalThread {
+    pub fn journal(&self) -> Journal {
+        self.journal.clone()
+    }
+
+    /// Commits what is queued and ends the thread (after every writer that
+    /// could queue more has stopped, or given up on).
+    pub fn stop(self) {
+        let _ = self
+            .journal
+            .records
+            .send_timeout(Record::Stop, Duration::from_secs(5));
+        let _ = self.thread.join();
+    }
+}
+
+impl Journal {
+    /// Stores one event; returns it once committed and visible.
+    pub fn publish(&self, channel: &str, data_json: String) -> Result<Arc<Event>, Error> {
+        self.hub.check_publish(channel)?;
+        let channel = Arc::from(channel);
+        self.submit(|receipt| Record::Publish {
+            channel,
+            data_json,
+            receipt,
+        })
+    }
+
+    /// Deletes a channel; returns once the deletion is committed and its
+    /// waiters are answered `410`.
+    pub fn delete(&self, channel: &str) -> Result<(), Error> {
+        let channel = Arc::from(channel);
+        self.submit(|receipt| Record::Delete { channel, receipt })
+    }
+
+    fn submit<T>(&self, record: impl FnOnce(Receipt<T>) -> Record) -> Result<T, Error> {
+        let claim = Arc::new(AtomicU8::new(QUEUED));
+        let (to, outcome) = bounded(1);
+        let record = record(Receipt {
+            claim: claim.clone(),
+            to,
+        });
+        match self.records.try_send(record) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) => {
+                return Err(Error::Busy {
+                    message: "the journal queue is full; retry later".into(),
+                    retry_after_secs: 1,
+                });
+            }
+            Err(TrySendError::Disconnected(_)) => return Err(stopped()),
+        }
+        match outcome.recv_timeout(MAX_QUEUE_WAIT) {
+            Ok(outcome) => outcome,
+            Err(RecvTimeoutError::Disconnected) => Err(dropped()),
+            Err(RecvTimeoutError::Timeout) => {
+                let given_up = claim
+                    .compare_exchange(QUEUED, ABANDONED, Ordering::AcqRel, Ordering::Acquire)
+                    .is_ok();
+                if given_up {
+                    Err(Error::Busy {
+                        message: format!(
+                            "the store did not take the event within {} s; it was not stored; retry later",
+                            MAX_QUEUE_WAIT.as_secs()
+                        ),
+                        retry_after_secs: 5,
+                    })
+                } else {
+                    // Taken: its commit decides, so wait for the outcome.
+                    outcome.recv().unwrap_or_else(|_| Err(dropped()))
+                }
+            }
+        }
+    }
+}
+
+/// The journal dropped a record without an answer (a bug; it logged it).
+fn dropped() -> Error {
+    Error::Internal("the store failed on this request; see the server log".into())
+}
+
+fn stopped() -> Error {
+    Error::Busy {
+        message: "server is shutting down".into(),
+        retry_after_secs: 1,
+    }
+}
+
+/// The journal thread: batches, commits, applies, answers, wakes.
+fn run(mut db: Database, hub: Hub, records: Receiver<Record>, nudges: Receiver<()>) {
+    let mut failures = Failures::default();
+    // What the hub dropped while loading leaves the file now.
+    commit(&mut db, &hub, Vec::new(), &mut failures);
+    loop {
+        let mut batch = Vec::new();
+        select! {
+            recv(records) -> record => match record {
+                Ok(record) => batch.push(record),
+                Err(_) => break,
+            },
+            recv(nudges) -> _ => {
+                // Only dropped events to write: give a publish a moment to
+                // share the commit.
+                match records.recv_timeout(DROPPED_FLUSH_DELAY) {
+                    Ok(record) => batch.push(record),
+                    Err(RecvTimeoutError::Timeout) => {}
+                    Err(RecvTimeoutError::Disconnected) => break,
+                }
+            },
+        }
+        while batch.len() < MAX_BATCH_RECORDS {
+            match records.try_recv() {
+                Ok(record) => batch.push(record),
+                Err(_) => break,
+            }
+        }
+        let stop = batch.iter().any(|r| matches!(r, Record::Stop));
+        // A bug in a commit must not end the journal: the batch's receipts
+        // are dropped (their publishers get `500`) and the next batch runs.
+        let done = catch_unwind(AssertUnwindSafe(|| {
+            commit(&mut db, &hub, batch, &mut failures);
+        }));
+        if done.is_err() {
+            eprintln!("abide: the journal failed on a batch; its publishes were refused");
+        }
+        if stop {
+            break;
+        }
+    }
+    // Anything that raced the stop gets an answer.
+    for record in records.try_iter() {
+        match record {
+            Record::Publish { receipt, .. } => receipt.answer(Err(stopped())),
+            Record::Delete { receipt, .. } => receipt.answer(Err(stopped())),
+            Record::Stop => {}
+        }
+    }
+    commit(&mut db, &hub, Vec::new(), &mut failures);
+}
+
+/// Failed commits in a row, so that a full disk logs one line when it
+/// starts failing and one when it works again, not one per batch.
+#[derive(Default)]
+struct Failures {
+    in_a_row: u64,
+}
+
+impl Failures {
+    fn failed(&mut self, db: &Database, err: &sqlite::CommitError) {
+        if self.in_a_row == 0 {
+            eprintln!(
+                "abide: commit to {} failed: {err}; publishes are refused until commits work again",
+                db.path().display()
+            );
+        }
+        self.in_a_row += 1;
+    }
+
+    fn succeeded(&mut self, db: &Database) {
+        if self.in_a_row > 0 {
+            eprintln!(
+                "abide: commits to {} work again after {} failed",
+                db.path().display(),
+                self.in_a_row
+            );
+            self.in_a_row = 0;
+        }
+    }
+}
+
+/// Commits one batch with what the hub dropped, then makes it visible and
+/// answers it; on failure answers every record with the error and gives the
+/// dropped events back to the hub for the next commit.
+fn commit(db: &mut Database, hub: &Hub, batch: Vec<Record>, failures: &mut Failures) {
+    let batch: Vec<Record> = batch
+        .into_iter()
+        .filter(|record| match record {
+            Record::Publish { receipt, .. } => receipt.take(),
+            Record::Delete { receipt, .. } => receipt.take(),
+            Record::Stop => false,
+        })
+        .collect();
+    let changes = hub.take_changes();
+    if batch.is_empty() && changes.is_empty() {
+        return;
+    }
+    let publishes = batch
+        .iter()
+        .filter(|r| matches!(r, Record::Publish { .. }))
+        .count();
+    let at = SystemTime::now();
+    let at_ms = at
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    let ids = match hub.issue_ids(publishes, at) {
+        Ok(ids) => ids,
+        Err(err) => {
+            hub.return_changes(changes);
+            answer_all(&batch, &err);
+            return;
+        }
+    };
+    let last_id = hub.last_id();
+    let mut next_id = ids.iter();
+    let mut issued = Vec::with_capacity(publishes);
+    let ops: Vec<Op> = batch
+        .iter()
+        .filter_map(|record| match record {
+            Record::Publish {
+                channel, data_json, ..
+            } => {
+                let id = *next_id.next().expect("one id per publish");
+                issued.push(id);
+                Some(Op::Insert {
+                    id,
+                    channel,
+                    at_ms,
+                    data_json,
+                })
+            }
+            Record::Delete { channel, .. } => Some(Op::Delete { channel, last_id }),
+            Record::Stop => None,
+        })
+        .collect();
+    let outcome = db.commit(&changes, &ops);
+    drop(ops);
+    if let Err(err) = outcome {
+        hub.count_store_error();
+        failures.failed(db, &err);
+        hub.return_changes(changes);
+        answer_all(&batch, &err.to_error());
+        return;
+    }
+    hub.count_store_commit();
+    failures.succeeded(db);
+    // The event as committed: its timestamp is the stored millisecond.
+    let at = UNIX_EPOCH + Duration::from_millis(at_ms);
+    let now = std::time::Instant::now();
+    let mut issued = issued.into_iter();
+    let committed: Vec<Committed> = batch
+        .iter()
+        .filter_map(|record| match record {
+            Record::Publish {
+                channel, data_json, ..
+            } => {
+                let id = issued.next().expect("one id per publish");
+                Some(Committed::Event {
+                    channel: channel.clone(),
+                    event: Event::new(id, channel, at, now, data_json),
+                })
+            }
+            Record::Delete { channel, .. } => Some(Committed::Delete {
+                channel: channel.clone(),
+            }),
+            Record::Stop => None,
+        })
+        .collect();
+    let wake = hub.apply(&committed);
+    // Publishers first, then the waiters: a publisher's round trip does not
+    // grow with the number of waiters.
+    for (record, done) in batch.iter().zip(&committed) {
+        match (record, done) {
+            (Record::Publish { receipt, .. }, Committed::Event { event, .. }) => {
+                receipt.answer(Ok(event.clone()));
+            }
+            (Record::Delete { receipt, .. }, Committed::Delete { .. }) => receipt.answer(Ok(())),
+            _ => unreachable!("committed follows the batch"),
+        }
+    }
+    drop(wake);
+}
+
+fn answer_all(batch: &[Record], err: &Error) {
+    for record in batch {
+        match record {
+            Record::Publish { receipt, .. } => receipt.answer(Err(err.clone())),
+            Record::Delete { receipt, .. } => receipt.answer(Err(err.clone())),
+            Record::Stop => {}
+        }
+    }
+}
