@@ -128,11 +128,14 @@ impl CommitError {
     pub fn to_error(&self) -> Error {
         match self.0.sqlite_error_code() {
             Some(ErrorCode::DiskFull) => Error::StorageFull {
-                message: "the disk is full: the event was not stored; retry later".into(),
+                message: "the disk is full; nothing was stored; retry later".into(),
                 retry_after_secs: 30,
             },
             _ => Error::Busy {
-                message: format!("the event could not be stored ({}); retry later", self.0),
+                message: format!(
+                    "the store could not commit ({}); nothing was stored; retry later",
+                    self.0
+                ),
                 retry_after_secs: 5,
             },
         }

@@ -20,12 +20,26 @@ pub const HANG_GUARD: Duration = if cfg!(abide_cross) {
     Duration::from_secs(30)
 };
 
-/// A server started in this process; stopped (and joined) on drop.
+/// A server started in this process; stopped (and joined) on drop. Talk to
+/// it through its `Http` methods (`server.get(…)`).
 pub struct TestServer {
-    pub addr: SocketAddr,
+    http: Http,
     shutdown: Shutdown,
     thread: Option<JoinHandle<()>>,
+}
+
+/// An HTTP client for one server (in this process or a child `Abide`).
+#[derive(Clone)]
+pub struct Http {
+    pub addr: SocketAddr,
     agent: ureq::Agent,
+}
+
+impl std::ops::Deref for TestServer {
+    type Target = Http;
+    fn deref(&self) -> &Http {
+        &self.http
+    }
 }
 
 /// A finished HTTP exchange.
@@ -97,20 +111,23 @@ pub fn start_with(config: Config) -> TestServer {
     let addr = running.local_addr();
     let shutdown = running.shutdown_handle();
     let thread = thread::spawn(move || running.wait());
-    let agent = ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .timeout_global(Some(Duration::from_secs(200)))
-        .build()
-        .into();
     TestServer {
-        addr,
+        http: Http::new(addr),
         shutdown,
         thread: Some(thread),
-        agent,
     }
 }
 
-impl TestServer {
+impl Http {
+    pub fn new(addr: SocketAddr) -> Http {
+        let agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(Duration::from_secs(200)))
+            .build()
+            .into();
+        Http { addr, agent }
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{}", self.addr, path)
     }
@@ -130,6 +147,16 @@ impl TestServer {
                 .header("Content-Type", "application/json")
                 .send(body),
         )
+    }
+
+    /// Like `post`, but `None` when no answer came (the server went away).
+    pub fn try_post(&self, path: &str, body: &str) -> Option<Resp> {
+        let sent = self
+            .agent
+            .post(self.url(path))
+            .header("Content-Type", "application/json")
+            .send(body);
+        sent.ok().map(read_resp)
     }
 
     pub fn delete(&self, path: &str) -> Resp {
@@ -161,7 +188,9 @@ impl TestServer {
         let url = self.url(path);
         thread::spawn(move || into_resp(agent.get(url).call()))
     }
+}
 
+impl TestServer {
     pub fn shutdown_handle(&self) -> Shutdown {
         self.shutdown.clone()
     }
@@ -365,6 +394,36 @@ pub fn isolated(name: &str, scenario: fn()) {
     );
 }
 
+/// A fresh directory under the system's temporary directory, removed (with
+/// what it holds) on drop.
+pub struct TempDir(pub std::path::PathBuf);
+
+impl TempDir {
+    pub fn new(name: &str) -> TempDir {
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("abide-{name}-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("create a temporary directory");
+        TempDir(dir)
+    }
+
+    pub fn path(&self) -> &std::path::Path {
+        &self.0
+    }
+
+    /// The path as a flag value.
+    pub fn arg(&self) -> &str {
+        self.0.to_str().expect("a UTF-8 temporary path")
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 /// The real `abide` binary; killed on drop.
 pub struct Abide {
     pub child: std::process::Child,
@@ -408,7 +467,16 @@ impl Abide {
 
     /// Like `serve`, with the command adjusted first (see `spawn_with`).
     pub fn serve_with(flags: &[&str], adjust: impl FnOnce(&mut std::process::Command)) -> Abide {
-        let mut args = vec!["serve", "--listen", "127.0.0.1:0"];
+        Abide::serve_at("127.0.0.1:0", flags, adjust)
+    }
+
+    /// Like `serve_with`, listening on `listen` (a port a killed abide used).
+    pub fn serve_at(
+        listen: &str,
+        flags: &[&str],
+        adjust: impl FnOnce(&mut std::process::Command),
+    ) -> Abide {
+        let mut args = vec!["serve", "--listen", listen];
         args.extend(flags);
         let mut abide = Abide::spawn_with(&args, adjust);
         let line = abide.next_line("the startup line", |l| l.contains("listening on http://"));
@@ -439,6 +507,18 @@ impl Abide {
             }
         }
         seen
+    }
+
+    /// A client for this server.
+    pub fn http(&self) -> Http {
+        Http::new(self.addr)
+    }
+
+    /// The next stdout line (waiting for it up to `HANG_GUARD`).
+    pub fn next_stdout_line(&self, what: &str) -> String {
+        self.stdout
+            .recv_timeout(HANG_GUARD)
+            .unwrap_or_else(|e| panic!("no {what} on stdout ({e:?})"))
     }
 
     /// Every stderr line not read yet, up to the end (call after exit).
