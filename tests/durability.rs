@@ -318,10 +318,10 @@ fn a_deleted_channel_stays_deleted_after_a_crash() {
     let mut server = serve(&dir, &[]);
     let http = server.http();
     let kept = http.publish("kept", "1");
-    let last = (0..3)
+    let doomed: Vec<u64> = (0..3)
         .map(|n| http.publish("doomed", &n.to_string()))
-        .last()
-        .unwrap();
+        .collect();
+    let last = doomed[2];
     assert_eq!(http.delete("/channels/doomed").status, 204);
     kill_9(&mut server);
 
