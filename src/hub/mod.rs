@@ -1255,4 +1255,62 @@ mod tests {
         ));
         assert_eq!(hub.publish("a", "1").unwrap_err().status(), 503);
     }
+
+    /// With a store, events become visible only through `apply`, what the
+    /// limits drop is recorded (and signalled once) for the store, changes
+    /// given back come before newer ones, and a committed deletion answers
+    /// the channel's waiter Gone.
+    #[test]
+    fn a_store_hub_shows_only_applied_events_and_records_its_drops() {
+        let (nudge, nudged) = crossbeam_channel::bounded(1);
+        let hub = Hub::with_store(
+            HubLimits {
+                buffer_events: 2,
+                ..limits()
+            },
+            nudge,
+        );
+        let issued = hub.issue_ids(3, SystemTime::now()).unwrap();
+        assert!(issued.windows(2).all(|w| w[0] < w[1]));
+        assert!(matches!(
+            now(&hub, &spec(&["a"], 0, 0)),
+            Answer::Empty { missed: false }
+        ));
+        let committed: Vec<Committed> = issued
+            .iter()
+            .map(|&id| Committed::Event {
+                channel: Arc::from("a"),
+                event: Event::new(id, "a", SystemTime::now(), Instant::now(), "1"),
+            })
+            .collect();
+        drop(hub.apply(&committed));
+        assert_eq!(ids(&now(&hub, &spec(&["a"], issued[0], 0))), issued[1..]);
+        assert!(nudged.try_recv().is_ok(), "the store was told");
+        let dropped = Change::Dropped {
+            channel: Arc::from("a"),
+            id: issued[0],
+        };
+        assert_eq!(hub.take_changes(), [dropped.clone()]);
+        assert!(hub.take_changes().is_empty());
+
+        // A failed commit gives its changes back, ahead of newer ones.
+        let more = hub.issue_ids(1, SystemTime::now()).unwrap()[0];
+        drop(hub.apply(&[Committed::Event {
+            channel: Arc::from("a"),
+            event: Event::new(more, "a", SystemTime::now(), Instant::now(), "2"),
+        }]));
+        hub.return_changes(vec![dropped.clone()]);
+        let newer = Change::Dropped {
+            channel: Arc::from("a"),
+            id: issued[1],
+        };
+        assert_eq!(hub.take_changes(), [dropped, newer]);
+
+        let waiter = wait_on_thread(&hub, spec(&["a"], more, 60));
+        drop(hub.apply(&[Committed::Delete {
+            channel: Arc::from("a"),
+        }]));
+        assert!(matches!(waiter.join().unwrap(), Answer::Gone { .. }));
+        assert!(hub.channel_info("a").is_none());
+    }
 }

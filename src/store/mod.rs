@@ -427,3 +427,176 @@ fn answer_all(batch: &[Record], err: &Error) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::hub::event::{MAX_EVENT_ID, wall_micros};
+    use crate::store::sqlite::DATABASE_FILE;
+    use std::path::PathBuf;
+
+    /// A temporary data directory, removed on drop.
+    struct Dir(PathBuf);
+
+    impl Dir {
+        fn new(name: &str) -> Dir {
+            let dir = std::env::temp_dir().join(format!(
+                "abide-store-{name}-{}-{}",
+                std::process::id(),
+                fastrand::u32(..)
+            ));
+            std::fs::create_dir_all(&dir).unwrap();
+            Dir(dir)
+        }
+    }
+
+    impl Drop for Dir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn limits() -> HubLimits {
+        HubLimits {
+            buffer_events: 100,
+            event_ttl: None,
+            max_channels: 100,
+            max_stored_bytes: 1 << 20,
+            max_waiters: 10,
+        }
+    }
+
+    fn insert(db: &mut Database, id: u64, channel: &str, at_ms: u64) {
+        let op = Op::Insert {
+            id,
+            channel,
+            at_ms,
+            data_json: "1",
+        };
+        db.commit(&[], &[op]).unwrap();
+    }
+
+    /// Ids continue above the largest id a previous run issued, even when
+    /// the clock now reads earlier (it stepped back), and even after the
+    /// channel that held that id was deleted.
+    #[test]
+    fn ids_never_go_back_across_a_restart_even_when_the_clock_stepped_back() {
+        let dir = Dir::new("ids");
+        let hour_ahead = wall_micros(SystemTime::now()) + 3_600_000_000;
+        {
+            // As if the previous run's clock was an hour ahead.
+            let mut db = Database::open(&dir.0, Sync::Normal).unwrap();
+            insert(&mut db, hour_ahead, "a", 0);
+        }
+        let (hub, journal) = open(&dir.0, Sync::Normal, limits(), 4).unwrap();
+        assert_eq!(hub.last_id(), hour_ahead);
+        let event = journal.journal().publish("b", "2".into()).unwrap();
+        assert_eq!(event.id, hour_ahead + 1);
+        journal.journal().delete("a").unwrap();
+        journal.journal().delete("b").unwrap();
+        journal.stop();
+
+        let (hub, journal) = open(&dir.0, Sync::Normal, limits(), 4).unwrap();
+        assert_eq!(hub.stats().events_stored, 0, "both channels deleted");
+        assert_eq!(hub.last_id(), hour_ahead + 1, "the floor outlives them");
+        let next = journal.journal().publish("c", "3".into()).unwrap();
+        assert!(next.id > hour_ahead + 1 && next.id <= MAX_EVENT_ID);
+        journal.stop();
+    }
+
+    /// Events past `--event-ttl` at start are dropped and deleted from the
+    /// file, and an old cursor learns of the loss.
+    #[test]
+    fn events_past_their_ttl_at_start_leave_the_file_and_count_as_missed() {
+        let dir = Dir::new("ttl");
+        let now_ms = wall_micros(SystemTime::now()) / 1000;
+        {
+            let mut db = Database::open(&dir.0, Sync::Normal).unwrap();
+            insert(&mut db, 1_000, "old", now_ms - 7_200_000);
+            insert(&mut db, 2_000, "new", now_ms - 60_000);
+        }
+        let ttl = HubLimits {
+            event_ttl: Some(Duration::from_secs(3_600)),
+            ..limits()
+        };
+        let (hub, journal) = open(&dir.0, Sync::Normal, ttl.clone(), 4).unwrap();
+        let stats = hub.stats();
+        assert_eq!((stats.events_stored, stats.events_dropped), (1, 1));
+        journal.stop();
+
+        let conn = rusqlite::Connection::open(dir.0.join(DATABASE_FILE)).unwrap();
+        let ids: Vec<i64> = conn
+            .prepare("SELECT id FROM events")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(ids, [2_000], "the expired event left the file");
+        let lost: i64 = conn
+            .query_row(
+                "SELECT dropped_through FROM channels WHERE name = 'old'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(lost, 1_000, "and its loss is remembered");
+    }
+
+    /// Concurrent publishes share commits, and each is answered with its
+    /// own event once committed.
+    #[test]
+    fn concurrent_publishes_share_commits() {
+        let dir = Dir::new("group");
+        let (hub, journal) = open(&dir.0, Sync::Normal, limits(), 16).unwrap();
+        let threads: Vec<_> = (0..8)
+            .map(|t| {
+                let journal = journal.journal();
+                thread::spawn(move || {
+                    (0..50)
+                        .map(|n| journal.publish(&format!("c{t}"), n.to_string()).unwrap().id)
+                        .collect::<Vec<u64>>()
+                })
+            })
+            .collect();
+        let mut ids: Vec<u64> = threads
+            .into_iter()
+            .flat_map(|t| t.join().unwrap())
+            .collect();
+        let stats = hub.stats();
+        assert_eq!(stats.events_published, 400);
+        // Eight publishers blocked on their receipts at once queue behind
+        // a commit in progress; the next commit takes them all.
+        assert!(
+            stats.store_commits < 400,
+            "no commit was shared: {}",
+            stats.store_commits
+        );
+        ids.sort_unstable();
+        ids.dedup();
+        assert_eq!(ids.len(), 400, "every id once");
+        journal.stop();
+    }
+
+    /// A new file gets the current schema and abide's mark; opened again it
+    /// is taken as it is.
+    #[test]
+    fn a_new_file_gets_the_schema_and_reopens_unchanged() {
+        let dir = Dir::new("schema");
+        drop(Database::open(&dir.0, Sync::Full).unwrap());
+        drop(Database::open(&dir.0, Sync::Full).unwrap());
+        let conn = rusqlite::Connection::open(dir.0.join(DATABASE_FILE)).unwrap();
+        let version: i64 = conn
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .unwrap();
+        assert_eq!(version, sqlite::SCHEMA_VERSION as i64);
+        let tables: i64 = conn
+            .query_row(
+                "SELECT count(*) FROM sqlite_schema WHERE type = 'table'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(tables, 3);
+    }
+}
