@@ -1290,7 +1290,7 @@ mod tests {
             channel: Arc::from("a"),
             id: issued[0],
         };
-        assert_eq!(hub.take_changes(), [dropped.clone()]);
+        assert_eq!(hub.take_changes(), std::slice::from_ref(&dropped));
         assert!(hub.take_changes().is_empty());
 
         // A failed commit gives its changes back, ahead of newer ones.
