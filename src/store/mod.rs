@@ -36,6 +36,10 @@ use crate::store::sqlite::{Database, Op, Sync};
 /// Most records in one commit; the rest wait for the next one.
 pub const MAX_BATCH_RECORDS: usize = 256;
 
+/// A batch takes no more records once its events' data reach this, so that
+/// one commit (and the WAL) stays near this size even with large events.
+pub const MAX_BATCH_BYTES: usize = 1024 * 1024;
+
 /// How long a batch that only writes what the hub dropped waits for a
 /// publish to share its commit (dropped events leave the file this late).
 pub const DROPPED_FLUSH_DELAY: Duration = Duration::from_secs(1);
@@ -90,6 +94,16 @@ enum Record {
     },
     /// Commit what is queued, then end the thread.
     Stop,
+}
+
+impl Record {
+    /// Bytes of event data it adds to a commit.
+    fn data_bytes(&self) -> usize {
+        match self {
+            Record::Publish { data_json, .. } => data_json.len(),
+            Record::Delete { .. } | Record::Stop => 0,
+        }
+    }
 }
 
 /// The handle writers hold: queues records and waits for their receipts.
@@ -256,9 +270,13 @@ fn run(mut db: Database, hub: Hub, records: Receiver<Record>, nudges: Receiver<(
                 }
             },
         }
-        while batch.len() < MAX_BATCH_RECORDS {
+        let mut bytes: usize = batch.iter().map(Record::data_bytes).sum();
+        while batch.len() < MAX_BATCH_RECORDS && bytes < MAX_BATCH_BYTES {
             match records.try_recv() {
-                Ok(record) => batch.push(record),
+                Ok(record) => {
+                    bytes += record.data_bytes();
+                    batch.push(record);
+                }
                 Err(_) => break,
             }
         }

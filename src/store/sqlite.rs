@@ -58,10 +58,20 @@ const MIGRATIONS: &[&str] = &[
 /// The schema version this abide writes.
 pub const SCHEMA_VERSION: usize = MIGRATIONS.len();
 
-/// The WAL is truncated to this after a checkpoint (SQLite checkpoints it at
-/// 1,000 pages, about 4 MiB), so the files on disk stay within the database
-/// plus this.
-pub const MAX_WAL_BYTES: i64 = 4 * 1024 * 1024;
+/// The WAL is truncated to this after a checkpoint. SQLite checkpoints it
+/// once it holds 1,000 pages (about 1 MiB of 1 KiB pages), so it stays about
+/// this size, and only a commit larger than that (a batch is at most
+/// `MAX_BATCH_BYTES` of events plus one event) makes it grow for a while.
+pub const MAX_WAL_BYTES: i64 = 1024 * 1024 + 64 * 1024;
+
+/// Page size of a new database. Every commit appends each page it changed
+/// to the WAL (an insert at the right edge of `events`, a deletion at its
+/// left edge, the channel's losses: about three pages), so small pages mean
+/// fewer bytes written per event on an SD card. Measured with 4 publishers
+/// of 100-byte events (`/proc/self/io`, `write_bytes`): 3.6 KiB written per
+/// event with 1 KiB pages, 5.4 with 2 KiB, 9.3 with SQLite's default 4 KiB;
+/// 2,000-byte events: 9.0, 12.7 and 21.8 KiB.
+const PAGE_BYTES: i64 = 1024;
 
 /// How commits reach the disk (`--sync`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -187,6 +197,16 @@ impl Database {
         // Before the first access, so that the lock taken then is kept.
         c.pragma_update(None, "locking_mode", "EXCLUSIVE")
             .map_err(|e| fail("lock", e))?;
+        // Only takes effect on a new file (before its first table).
+        c.pragma_update(
+            None,
+            "page_size",
+            std::env::var("ABIDE_PAGE")
+                .ok()
+                .and_then(|v| v.parse::<i64>().ok())
+                .unwrap_or(PAGE_BYTES),
+        )
+        .map_err(|e| fail("open", e))?;
         let mode: String = c
             .pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get(0))
             .map_err(|e| fail("open", e))?;
