@@ -65,6 +65,15 @@ pub enum Change {
     Forgotten { channel: Arc<str>, last_id: u64 },
 }
 
+impl Change {
+    /// The channel it concerns.
+    pub fn channel(&self) -> &str {
+        match self {
+            Change::Dropped { channel, .. } | Change::Forgotten { channel, .. } => channel,
+        }
+    }
+}
+
 /// What a store committed, for `Hub::apply` to make visible, in commit order.
 #[derive(Debug)]
 pub enum Committed {
@@ -381,6 +390,14 @@ impl Hub {
     /// Ends a restore: tombstones past the limit are forgotten.
     pub fn restored(&self) {
         self.shared.state.lock().trim_tombstones();
+    }
+
+    /// Whether `channel` holds events or remembers losses: if not, a store
+    /// holds nothing of it that a deletion must remove (beyond what its own
+    /// batch and pending changes name).
+    pub fn holds(&self, channel: &str) -> bool {
+        let st = self.shared.state.lock();
+        st.channels.get(channel).is_some_and(|c| c.len() > 0) || st.tombstones.contains_key(channel)
     }
 
     /// The largest id issued so far.
@@ -808,6 +825,13 @@ impl State {
     /// waiters, which then find their channel gone.
     fn delete(&mut self, channel: &str) -> Vec<Arc<Condvar>> {
         self.unbury(channel);
+        if let Some(pending) = self.pending.as_mut() {
+            // Events dropped before the deletion left the store with it; a
+            // loss recorded now would bring the channel's losses back.
+            pending.changes.retain(
+                |change| !matches!(change, Change::Dropped { channel: c, .. } if &**c == channel),
+            );
+        }
         let Some(mut ch) = self.channels.remove(channel) else {
             return Vec::new();
         };

@@ -369,25 +369,38 @@ fn commit(db: &mut Database, hub: &Hub, batch: Vec<Record>, failures: &mut Failu
     let last_id = hub.last_id();
     let mut next_id = ids.iter();
     let mut issued = Vec::with_capacity(publishes);
-    let ops: Vec<Op> = batch
-        .iter()
-        .filter_map(|record| match record {
+    let mut ops: Vec<Op> = Vec::with_capacity(batch.len());
+    for record in &batch {
+        match record {
             Record::Publish {
                 channel, data_json, ..
             } => {
                 let id = *next_id.next().expect("one id per publish");
                 issued.push(id);
-                Some(Op::Insert {
+                ops.push(Op::Insert {
                     id,
                     channel,
                     at_ms,
                     data_json,
-                })
+                });
             }
-            Record::Delete { channel, .. } => Some(Op::Delete { channel, last_id }),
-            Record::Stop => None,
-        })
-        .collect();
+            Record::Delete { channel, .. } => {
+                // The file holds events of the channel only if memory does,
+                // or a pending change or this batch names it.
+                let rows = hub.holds(channel)
+                    || changes.iter().any(|c| c.channel() == &**channel)
+                    || ops
+                        .iter()
+                        .any(|op| matches!(op, Op::Insert { channel: c, .. } if c == &&**channel));
+                ops.push(Op::Delete {
+                    channel,
+                    last_id,
+                    rows,
+                });
+            }
+            Record::Stop => {}
+        }
+    }
     let outcome = db.commit(&changes, &ops);
     drop(ops);
     if let Err(err) = outcome {

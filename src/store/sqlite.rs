@@ -116,8 +116,13 @@ pub enum Op<'a> {
         data_json: &'a str,
     },
     /// Deletes a channel's events and its losses; `last_id` is the largest
-    /// id issued so far, kept as the id floor.
-    Delete { channel: &'a str, last_id: u64 },
+    /// id issued so far, kept as the id floor. Without `rows` the file holds
+    /// no event of it (the journal knows), and the table is not scanned.
+    Delete {
+        channel: &'a str,
+        last_id: u64,
+        rows: bool,
+    },
 }
 
 /// What the file held, read back at start.
@@ -410,9 +415,17 @@ impl Database {
                             data_json
                         ])?;
                     }
-                    Op::Delete { channel, last_id } => {
-                        tx.prepare_cached("DELETE FROM events WHERE channel = ?1")?
-                            .execute([channel])?;
+                    Op::Delete {
+                        channel,
+                        last_id,
+                        rows,
+                    } => {
+                        if *rows {
+                            // A scan (no index on channel: it would cost a
+                            // page written per commit); deletions are rare.
+                            tx.prepare_cached("DELETE FROM events WHERE channel = ?1")?
+                                .execute([channel])?;
+                        }
                         tx.prepare_cached("DELETE FROM channels WHERE name = ?1")?
                             .execute([channel])?;
                         floor = floor.max(*last_id);
