@@ -397,7 +397,12 @@ impl Hub {
     /// batch and pending changes name).
     pub fn holds(&self, channel: &str) -> bool {
         let st = self.shared.state.lock();
-        st.channels.get(channel).is_some_and(|c| c.len() > 0) || st.tombstones.contains_key(channel)
+        st.channels.get(channel).is_some_and(|c| c.len() > 0)
+            || st.tombstones.contains_key(channel)
+            || st
+                .pending
+                .as_ref()
+                .is_some_and(|p| p.changes.iter().any(|c| c.channel() == channel))
     }
 
     /// The largest id issued so far.
@@ -415,13 +420,14 @@ impl Hub {
         self.shared.counters.store_errors.fetch_add(1, Relaxed);
     }
 
-    /// What was dropped since the last call (empty in memory only).
-    pub fn take_changes(&self) -> Vec<Change> {
+    /// What was dropped since the last call, if at least `min` changes
+    /// (else nothing; always nothing in memory only).
+    pub fn take_changes(&self, min: usize) -> Vec<Change> {
         let mut st = self.shared.state.lock();
-        st.pending
-            .as_mut()
-            .map(|p| std::mem::take(&mut p.changes))
-            .unwrap_or_default()
+        match st.pending.as_mut() {
+            Some(p) if p.changes.len() >= min => std::mem::take(&mut p.changes),
+            _ => Vec::new(),
+        }
     }
 
     /// Gives back changes a store failed to commit, ahead of newer ones.
@@ -1314,8 +1320,8 @@ mod tests {
             channel: Arc::from("a"),
             id: issued[0],
         };
-        assert_eq!(hub.take_changes(), std::slice::from_ref(&dropped));
-        assert!(hub.take_changes().is_empty());
+        assert_eq!(hub.take_changes(1), std::slice::from_ref(&dropped));
+        assert!(hub.take_changes(1).is_empty());
 
         // A failed commit gives its changes back, ahead of newer ones.
         let more = hub.issue_ids(1, SystemTime::now()).unwrap()[0];
@@ -1328,7 +1334,8 @@ mod tests {
             channel: Arc::from("a"),
             id: issued[1],
         };
-        assert_eq!(hub.take_changes(), [dropped, newer]);
+        assert!(hub.take_changes(3).is_empty(), "two are fewer than three");
+        assert_eq!(hub.take_changes(2), [dropped, newer]);
 
         let waiter = wait_on_thread(&hub, spec(&["a"], more, 60));
         drop(hub.apply(&[Committed::Delete {

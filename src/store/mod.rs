@@ -24,7 +24,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::thread::{self, JoinHandle};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError, bounded, select};
 
@@ -40,8 +40,18 @@ pub const MAX_BATCH_RECORDS: usize = 256;
 /// one commit (and the WAL) stays near this size even with large events.
 pub const MAX_BATCH_BYTES: usize = 1024 * 1024;
 
-/// How long a batch that only writes what the hub dropped waits for a
-/// publish to share its commit (dropped events leave the file this late).
+/// Dropped events are deleted from the file once this many wait (by the
+/// commit of a batch of publishes), or `DROPPED_FLUSH_DELAY` after the first
+/// was dropped (by a commit of their own if nothing else comes). Deleting
+/// the oldest events rewrites the pages at the left edge of the events table
+/// and the channels' losses: done at every commit that is two more pages per
+/// event with one publisher, about three times the bytes written. A crash
+/// before they are written costs nothing: at start the same limits drop the
+/// same events again.
+pub const DROPS_PER_COMMIT: usize = 64;
+
+/// At most this long after an event is dropped from memory, it is deleted
+/// from the file.
 pub const DROPPED_FLUSH_DELAY: Duration = Duration::from_secs(1);
 
 /// How long a record may wait in the queue before the journal takes it; past
@@ -168,11 +178,18 @@ impl JournalThread {
     /// Commits what is queued and ends the thread (after every writer that
     /// could queue more has stopped, or given up on).
     pub fn stop(self) {
-        let _ = self
+        let sent = self
             .journal
             .records
             .send_timeout(Record::Stop, Duration::from_secs(5));
-        let _ = self.thread.join();
+        match sent {
+            Ok(()) => {
+                let _ = self.thread.join();
+            }
+            // Wedged on its disk: it is left to end with the process (the
+            // file stays consistent; what was not committed was not acknowledged).
+            Err(_) => eprintln!("abide: the journal did not take the stop within 5 s"),
+        }
     }
 }
 
@@ -252,23 +269,23 @@ fn stopped() -> Error {
 fn run(mut db: Database, hub: Hub, records: Receiver<Record>, nudges: Receiver<()>) {
     let mut failures = Failures::default();
     // What the hub dropped while loading leaves the file now.
-    commit(&mut db, &hub, Vec::new(), &mut failures);
+    commit(&mut db, &hub, Vec::new(), true, &mut failures);
+    // When the dropped events the hub holds for us must be written, even
+    // without a publish to carry them (set when it signals the first).
+    let mut drops_due: Option<Instant> = None;
     loop {
         let mut batch = Vec::new();
+        let due = drops_due.map_or_else(crossbeam_channel::never, crossbeam_channel::at);
         select! {
             recv(records) -> record => match record {
                 Ok(record) => batch.push(record),
                 Err(_) => break,
             },
             recv(nudges) -> _ => {
-                // Only dropped events to write: give a publish a moment to
-                // share the commit.
-                match records.recv_timeout(DROPPED_FLUSH_DELAY) {
-                    Ok(record) => batch.push(record),
-                    Err(RecvTimeoutError::Timeout) => {}
-                    Err(RecvTimeoutError::Disconnected) => break,
-                }
+                drops_due.get_or_insert_with(|| Instant::now() + DROPPED_FLUSH_DELAY);
+                continue;
             },
+            recv(due) -> _ => {}
         }
         let mut bytes: usize = batch.iter().map(Record::data_bytes).sum();
         while batch.len() < MAX_BATCH_RECORDS && bytes < MAX_BATCH_BYTES {
@@ -281,13 +298,26 @@ fn run(mut db: Database, hub: Hub, records: Receiver<Record>, nudges: Receiver<(
             }
         }
         let stop = batch.iter().any(|r| matches!(r, Record::Stop));
+        let all_drops = stop || drops_due.is_some_and(|due| Instant::now() >= due);
         // A bug in a commit must not end the journal: the batch's receipts
         // are dropped (their publishers get `500`) and the next batch runs.
         let done = catch_unwind(AssertUnwindSafe(|| {
-            commit(&mut db, &hub, batch, &mut failures);
+            commit(&mut db, &hub, batch, all_drops, &mut failures)
         }));
-        if done.is_err() {
-            eprintln!("abide: the journal failed on a batch; its publishes were refused");
+        match done {
+            // The drops were written: the next one signals again.
+            Ok(Some(true)) => drops_due = None,
+            // Still held, or given back by a failed commit: written by the
+            // next commit that reaches the threshold, or when due (a failed
+            // one is retried a delay later, not at once).
+            Ok(Some(false)) | Ok(None) => {
+                if drops_due.is_some_and(|due| Instant::now() >= due) {
+                    drops_due = Some(Instant::now() + DROPPED_FLUSH_DELAY);
+                }
+            }
+            Err(_) => {
+                eprintln!("abide: the journal failed on a batch; its publishes were refused");
+            }
         }
         if stop {
             break;
@@ -301,7 +331,7 @@ fn run(mut db: Database, hub: Hub, records: Receiver<Record>, nudges: Receiver<(
             Record::Stop => {}
         }
     }
-    commit(&mut db, &hub, Vec::new(), &mut failures);
+    commit(&mut db, &hub, Vec::new(), true, &mut failures);
 }
 
 /// Failed commits in a row, so that a full disk logs one line when it
@@ -334,10 +364,19 @@ impl Failures {
     }
 }
 
-/// Commits one batch with what the hub dropped, then makes it visible and
-/// answers it; on failure answers every record with the error and gives the
-/// dropped events back to the hub for the next commit.
-fn commit(db: &mut Database, hub: &Hub, batch: Vec<Record>, failures: &mut Failures) {
+/// Commits one batch, with what the hub dropped if there are at least
+/// `DROPS_PER_COMMIT` of them (or any, with `all_drops`), then makes it
+/// visible and answers it; on failure answers every record with the error
+/// and gives the dropped events back to the hub for the next commit.
+/// Returns whether a commit was made (`None` if there was nothing to write)
+/// and took the drops.
+fn commit(
+    db: &mut Database,
+    hub: &Hub,
+    batch: Vec<Record>,
+    all_drops: bool,
+    failures: &mut Failures,
+) -> Option<bool> {
     let batch: Vec<Record> = batch
         .into_iter()
         .filter(|record| match record {
@@ -346,10 +385,11 @@ fn commit(db: &mut Database, hub: &Hub, batch: Vec<Record>, failures: &mut Failu
             Record::Stop => false,
         })
         .collect();
-    let changes = hub.take_changes();
+    let changes = hub.take_changes(if all_drops { 1 } else { DROPS_PER_COMMIT });
     if batch.is_empty() && changes.is_empty() {
-        return;
+        return None;
     }
+    let took_drops = !changes.is_empty();
     let publishes = batch
         .iter()
         .filter(|r| matches!(r, Record::Publish { .. }))
@@ -363,7 +403,7 @@ fn commit(db: &mut Database, hub: &Hub, batch: Vec<Record>, failures: &mut Failu
         Err(err) => {
             hub.return_changes(changes);
             answer_all(&batch, &err);
-            return;
+            return Some(false);
         }
     };
     let last_id = hub.last_id();
@@ -408,13 +448,13 @@ fn commit(db: &mut Database, hub: &Hub, batch: Vec<Record>, failures: &mut Failu
         failures.failed(db, &err);
         hub.return_changes(changes);
         answer_all(&batch, &err.to_error());
-        return;
+        return Some(false);
     }
     hub.count_store_commit();
     failures.succeeded(db);
     // The event as committed: its timestamp is the stored millisecond.
     let at = UNIX_EPOCH + Duration::from_millis(at_ms);
-    let now = std::time::Instant::now();
+    let now = Instant::now();
     let mut issued = issued.into_iter();
     let committed: Vec<Committed> = batch
         .iter()
@@ -447,6 +487,7 @@ fn commit(db: &mut Database, hub: &Hub, batch: Vec<Record>, failures: &mut Failu
         }
     }
     drop(wake);
+    Some(took_drops)
 }
 
 fn answer_all(batch: &[Record], err: &Error) {

@@ -68,9 +68,10 @@ pub const MAX_WAL_BYTES: i64 = 1024 * 1024 + 64 * 1024;
 /// to the WAL (an insert at the right edge of `events`, a deletion at its
 /// left edge, the channel's losses: about three pages), so small pages mean
 /// fewer bytes written per event on an SD card. Measured with 4 publishers
-/// of 100-byte events (`/proc/self/io`, `write_bytes`): 3.6 KiB written per
-/// event with 1 KiB pages, 5.4 with 2 KiB, 9.3 with SQLite's default 4 KiB;
-/// 2,000-byte events: 9.0, 12.7 and 21.8 KiB.
+/// of 100-byte events (`/proc/self/io`, `write_bytes`, with the oldest
+/// event deleted at every commit): 3.6 KiB written per event with 1 KiB
+/// pages, 5.4 with 2 KiB, 9.3 with SQLite's default 4 KiB; 2,000-byte
+/// events: 9.0, 12.7 and 21.8 KiB.
 const PAGE_BYTES: i64 = 1024;
 
 /// How commits reach the disk (`--sync`).
