@@ -671,4 +671,36 @@ mod tests {
             .unwrap();
         assert_eq!(tables, 3);
     }
+
+    /// A dropped event leaves the file about a second after it was dropped
+    /// even when nothing more is published (a commit of its own), and the
+    /// file then holds exactly what memory holds.
+    #[test]
+    fn dropped_events_leave_the_file_without_another_publish() {
+        let dir = Dir::new("drops");
+        let small = HubLimits {
+            buffer_events: 2,
+            ..limits()
+        };
+        let (hub, journal) = open(&dir.0, Sync::Normal, small, 4).unwrap();
+        for n in 0..3 {
+            journal.journal().publish("a", n.to_string()).unwrap();
+        }
+        let commits = hub.stats().store_commits;
+        assert_eq!(commits, 3, "one commit per publish; the drop waits");
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while hub.stats().store_commits == commits {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the drop was never written"
+            );
+            thread::sleep(Duration::from_millis(20)); // sync-ok: re-check a condition before its deadline
+        }
+        journal.stop();
+        let conn = rusqlite::Connection::open(dir.0.join(DATABASE_FILE)).unwrap();
+        let rows: i64 = conn
+            .query_row("SELECT count(*) FROM events", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(rows, 2);
+    }
 }
