@@ -18,7 +18,8 @@ lint:
 	$(CARGO) clippy --all-targets -- -D warnings
 
 ## Benchmarks: abide beside an async variant (tokio + hyper) and Nchan (when
-## installed: apt-get install nginx-light libnginx-mod-nchan), five scenarios.
+## installed: apt-get install nginx-light libnginx-mod-nchan), five scenarios,
+## and a sixth for abide alone: publishing in memory and with --data-dir.
 ## `bench` (about 7 minutes) writes BENCHMARKS.md and docs/bench/*.svg;
 ## `bench-quick` (under 2 minutes) writes target/bench-quick/. Never run by `test`.
 bench:

@@ -123,8 +123,8 @@ struct Serve {
     #[argh(option)]
     data_dir: Option<PathBuf>,
     /// with --data-dir: normal (default; a killed process loses nothing acknowledged, a power cut may lose the last moments) or full (an fsync per commit; a power cut loses nothing acknowledged)
-    #[argh(option, default = "abide::Sync::Normal")]
-    sync: abide::Sync,
+    #[argh(option)]
+    sync: Option<abide::Sync>,
     /// send Access-Control-Allow-Origin with this value (an origin, or *) and answer preflights
     #[argh(option)]
     cors_origin: Option<String>,
@@ -155,7 +155,7 @@ impl Serve {
             max_pipelined_requests: self.max_pipelined_requests,
             max_pipelined_bytes: self.max_pipelined_bytes,
             data_dir: self.data_dir,
-            sync: self.sync,
+            sync: self.sync.unwrap_or(abide::Sync::Normal),
             cors_origin: self.cors_origin,
             quiet: self.quiet,
             demo: !self.no_demo,
@@ -190,6 +190,10 @@ fn main() -> ExitCode {
         Command::Publish(publish) => publish_command(publish),
         Command::Watch(watch) => watch_command(watch),
         Command::Serve(serve) => {
+            if serve.sync.is_some() && serve.data_dir.is_none() {
+                eprintln!("abide: --sync needs --data-dir (without it events are in memory only)");
+                return ExitCode::from(2);
+            }
             let config = serve.into_config();
             if let Err(err) = config.check() {
                 eprintln!("abide: {err}");

@@ -643,3 +643,20 @@ fn the_startup_line_says_where_events_are_kept() {
         stored.startup_line
     );
 }
+
+/// `--sync` without `--data-dir` is refused (exit code 2, naming both
+/// flags) rather than silently ignored, and so is a `--sync` mode that
+/// does not exist.
+#[test]
+fn sync_without_a_data_dir_or_of_an_unknown_mode_is_refused() {
+    let mut abide = Abide::spawn(&["serve", "--listen", "127.0.0.1:0", "--sync", "full"]);
+    assert_eq!(abide.wait_exit().code(), Some(2));
+    let stderr = abide.rest_of_stderr().concat();
+    assert!(stderr.contains("--sync needs --data-dir"), "{stderr}");
+
+    let dir = TempDir::new("sync-mode");
+    let mut abide = Abide::spawn(&["serve", "--data-dir", dir.arg(), "--sync", "always"]);
+    assert_eq!(abide.wait_exit().code(), Some(2));
+    let stderr = abide.rest_of_stderr().concat();
+    assert!(stderr.contains("--sync must be normal or full"), "{stderr}");
+}
