@@ -1,8 +1,10 @@
 //! The benchmark harness: abide side by side with an async variant (tokio +
 //! hyper, current-thread and 2-worker multi-thread runtimes) and, when
 //! installed, Nchan, in five scenarios (hold, fan-out, throughput, immediate
-//! polls, a Raspberry-Pi-sized profile). Writes BENCHMARKS.md and the SVG
-//! plots under docs/bench/ (full mode) or target/bench-quick/ (quick mode).
+//! polls, a Raspberry-Pi-sized profile), and a sixth for abide alone
+//! (durability: publishing into memory, SQLite `--sync normal` and
+//! `--sync full`). Writes BENCHMARKS.md and the SVG plots under docs/bench/
+//! (full mode) or target/bench-quick/ (quick mode).
 //!
 //! `make bench` = `BENCH_MODE=full cargo bench --bench compare`;
 //! `make bench-quick` = `BENCH_MODE=quick cargo bench --bench compare`.
@@ -26,7 +28,7 @@ use std::time::{Duration, Instant};
 
 use report::{Meta, Results};
 use scenarios::Ctx;
-use servers::{ABIDE_DEFAULT_MAX_WAITERS, Kind, Launch};
+use servers::{ABIDE_DEFAULT_MAX_WAITERS, Kind, Launch, Store};
 
 struct Plan {
     mode: &'static str,
@@ -40,6 +42,11 @@ struct Plan {
     imm_conns: usize,
     imm_secs: Duration,
     pi_rounds: usize,
+    /// Scenario 6: concurrent publishers per run, the length and the most
+    /// publishes of each run.
+    dur_publishers: Vec<usize>,
+    dur_secs: Duration,
+    dur_max_events: u64,
     out_dir: PathBuf,
     plot_dir: PathBuf,
 }
@@ -61,6 +68,9 @@ fn plan() -> Plan {
             imm_conns: 50,
             imm_secs: Duration::from_secs(1),
             pi_rounds: 3,
+            dur_publishers: vec![1, 16],
+            dur_secs: Duration::from_millis(1500),
+            dur_max_events: 100_000,
             plot_dir: out.join("docs/bench"),
             out_dir: out,
         }
@@ -77,6 +87,9 @@ fn plan() -> Plan {
             imm_conns: 50,
             imm_secs: Duration::from_secs(5),
             pi_rounds: 20,
+            dur_publishers: vec![1, 16],
+            dur_secs: Duration::from_secs(5),
+            dur_max_events: 500_000,
             out_dir: root.to_path_buf(),
             plot_dir: root.join("docs/bench"),
         }
@@ -125,6 +138,7 @@ fn main() {
         kind,
         max_waiters,
         pi,
+        store: None,
     };
     let mut r = Results {
         kinds: kinds.clone(),
@@ -134,6 +148,7 @@ fn main() {
         immediate: Vec::new(),
         pi_hold: Vec::new(),
         pi_fanout: Vec::new(),
+        durability: Vec::new(),
     };
 
     for &n in plan.hold_ns.iter().filter(|_| wanted("1")) {
@@ -248,6 +263,33 @@ fn main() {
         r.pi_fanout.push((k, f));
     }
     scenarios::pin_self(&(0..cpus).collect::<Vec<_>>());
+    // Scenario 6 is abide's alone: its three stores side by side, point by point.
+    let run_durability = wanted("6") && kinds.contains(&Kind::Abide);
+    for &p in plan.dur_publishers.iter().filter(|_| run_durability) {
+        for store in Store::ALL {
+            let l = Launch {
+                store: Some(store),
+                ..launch(Kind::Abide, ABIDE_DEFAULT_MAX_WAITERS, false)
+            };
+            let row = scenarios::durability(&ctx, &l, p, plan.dur_secs, plan.dur_max_events);
+            eprintln!(
+                "6 durable  P={p:<5} {:<24} {:.0} publishes/s, p50 {:.2} ms, p99 {:.2} ms, {} B written/event, {} events/commit{}",
+                store.short(),
+                row.publishes_per_sec(),
+                row.p50_us / 1000.0,
+                row.p99_us / 1000.0,
+                row.written_per_event()
+                    .map_or("-".into(), |v| format!("{v:.0}")),
+                row.events_per_commit()
+                    .map_or("-".into(), |v| format!("{v:.1}")),
+                row.error
+                    .as_ref()
+                    .map(|e| format!("  FAILED: {e}"))
+                    .unwrap_or_default()
+            );
+            r.durability.push(row);
+        }
+    }
 
     std::fs::create_dir_all(&plan.plot_dir).expect("create the plot directory");
     let plots = draw_plots(&r, &plan);
@@ -270,6 +312,9 @@ fn main() {
         tp_secs: plan.tp_secs.as_secs_f64(),
         imm_secs: plan.imm_secs.as_secs_f64(),
         imm_conns: plan.imm_conns,
+        dur_secs: plan.dur_secs.as_secs_f64(),
+        dur_max_events: plan.dur_max_events,
+        data_fs: procfs::mount_of(&std::env::temp_dir()),
         plots,
     };
     // The hand-written notes are read when the report is written, so that they

@@ -207,3 +207,45 @@ pub fn machine_line() -> String {
         env!("CARGO_PKG_VERSION")
     )
 }
+
+/// A process's storage I/O counters from /proc/PID/io.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Io {
+    /// Bytes the process caused to be sent to storage (counted when it
+    /// dirties a page of the page cache, so in whole pages).
+    pub write_bytes: u64,
+    /// Of those, bytes that never reached storage (e.g. a truncated file's
+    /// dirty pages).
+    pub cancelled_write_bytes: u64,
+}
+
+pub fn io(pid: u32) -> Option<Io> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/io")).ok()?;
+    let field = |name: &str| -> Option<u64> {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.trim().parse().ok())
+    };
+    Some(Io {
+        write_bytes: field("write_bytes:")?,
+        cancelled_write_bytes: field("cancelled_write_bytes:")?,
+    })
+}
+
+/// The file system holding `path`: (mount point, type, source), from
+/// /proc/self/mounts (the longest mount point that is a prefix of the path).
+pub fn mount_of(path: &std::path::Path) -> Option<(String, String, String)> {
+    let path = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
+    let mounts = std::fs::read_to_string("/proc/self/mounts").ok()?;
+    mounts
+        .lines()
+        .filter_map(|l| {
+            let mut w = l.split_whitespace();
+            let (source, point, fstype) = (w.next()?, w.next()?, w.next()?);
+            // Mount points escape spaces as \040.
+            let point = point.replace("\\040", " ");
+            path.starts_with(&point)
+                .then(|| (point, fstype.to_string(), source.to_string()))
+        })
+        .max_by_key(|(point, _, _)| point.len())
+}

@@ -1,11 +1,12 @@
 //! BENCHMARKS.md: the machine line, the commands, the headline ratios, a table
-//! per scenario with every server side by side and abide's ratio to each, the
+//! per scenario with every server side by side and abide's ratio to each (for
+//! scenario 6, abide's stores side by side and their ratio to memory), the
 //! memory breakdown of abide's held waiters, and the notes.
 
 use std::fmt::Write as _;
 
-use crate::scenarios::{FanoutRow, HoldRow, ImmediateRow, ThroughputRow};
-use crate::servers::Kind;
+use crate::scenarios::{DurabilityRow, FanoutRow, HoldRow, ImmediateRow, ThroughputRow};
+use crate::servers::{Kind, Store};
 
 pub struct Results {
     pub kinds: Vec<Kind>,
@@ -15,6 +16,7 @@ pub struct Results {
     pub immediate: Vec<(Kind, ImmediateRow)>,
     pub pi_hold: Vec<(Kind, HoldRow)>,
     pub pi_fanout: Vec<(Kind, FanoutRow)>,
+    pub durability: Vec<DurabilityRow>,
 }
 
 pub struct Meta {
@@ -29,6 +31,11 @@ pub struct Meta {
     pub tp_secs: f64,
     pub imm_secs: f64,
     pub imm_conns: usize,
+    pub dur_secs: f64,
+    pub dur_max_events: u64,
+    /// The file system of the temporary directory scenario 6's databases are
+    /// in: (mount point, type, source).
+    pub data_fs: Option<(String, String, String)>,
     pub plots: Vec<(String, String)>,
 }
 
@@ -375,6 +382,9 @@ pub fn render(r: &Results, m: &Meta, notes: &str) -> String {
     );
     pi_table(&mut o, &r.pi_hold, &r.pi_fanout, &r.kinds);
 
+    // ---- scenario 6
+    durability_section(&mut o, &r.durability, m);
+
     // ---- commands
     let _ = writeln!(o, "## How to run it\n");
     let _ = writeln!(
@@ -501,7 +511,246 @@ fn checks(r: &Results) -> Vec<String> {
             )),
         }
     }
+    if !r.durability.is_empty() {
+        let failed: Vec<&DurabilityRow> = r.durability.iter().filter(|d| !d.ok()).collect();
+        out.push(format!(
+            "Scenario 6: {} publishes acknowledged over {} runs, {} runs failed, store errors {}: **{}**.",
+            r.durability.iter().map(|d| d.acked).sum::<u64>(),
+            r.durability.len(),
+            failed.len(),
+            r.durability.iter().map(|d| d.store_errors).sum::<u64>(),
+            if failed.is_empty() { "pass" } else { "FAIL" }
+        ));
+        if let Some(d) = r
+            .durability
+            .iter()
+            .filter(|d| d.store == Store::SqliteFull && d.publishers > 1 && d.ok())
+            .max_by_key(|d| d.publishers)
+        {
+            let epc = d.events_per_commit().unwrap_or(0.0);
+            out.push(format!(
+                "Group commit: with {} and `--sync full`, {epc:.1} events per commit: **{}**.",
+                publishers(d.publishers),
+                if epc >= 2.0 {
+                    "pass (the publishers share commits)"
+                } else {
+                    "FAIL (about one commit per publish)"
+                }
+            ));
+        }
+    }
     out
+}
+
+fn bytes(v: f64) -> String {
+    if !v.is_finite() {
+        "–".into()
+    } else if v >= 1024.0 * 1024.0 {
+        format!("{:.1} MiB", v / (1024.0 * 1024.0))
+    } else if v >= 1024.0 {
+        format!("{:.1} KiB", v / 1024.0)
+    } else {
+        format!("{v:.0} B")
+    }
+}
+
+fn publishers(p: usize) -> String {
+    if p == 1 {
+        "1 publisher".into()
+    } else {
+        format!("{p} publishers")
+    }
+}
+
+fn durability_section(o: &mut String, rows: &[DurabilityRow], m: &Meta) {
+    let _ = writeln!(
+        o,
+        "## 6. Durability: abide in memory, with SQLite `--sync normal`, with SQLite `--sync full`\n"
+    );
+    if rows.is_empty() {
+        let _ = writeln!(o, "Not run.\n");
+        return;
+    }
+    let tmp = std::env::temp_dir();
+    let _ = writeln!(
+        o,
+        "abide alone, started fresh for every run, the three stores in turn (the SQLite ones each on a fresh, empty \
+         data directory under `{}`, removed after the run; `DIR` below):\n",
+        tmp.display()
+    );
+    let _ = writeln!(o, "```sh");
+    for store in Store::ALL {
+        let _ = writeln!(
+            o,
+            "{}",
+            crate::servers::describe_store(store, crate::servers::ABIDE_DEFAULT_MAX_WAITERS)
+        );
+    }
+    let _ = writeln!(o, "```\n");
+    let acked: u64 = rows.iter().map(|d| d.acked).sum();
+    let body: u64 = rows.iter().map(|d| d.body_bytes).sum();
+    let prefill = rows.first().map_or(crate::servers::BUFFER, |d| d.prefill);
+    let disk = match &m.data_fs {
+        Some((point, fstype, source)) if fstype == "tmpfs" || fstype == "ramfs" => format!(
+            "`{}` is on {fstype} (`{source}` at `{point}`), that is in memory: an fsync costs nothing there, so \
+             `--sync full` looks cheaper than it is on a disk",
+            tmp.display()
+        ),
+        Some((point, fstype, source)) => format!(
+            "`{}` is on this machine's disk: {fstype} on `{source}` (mounted at `{point}`){}",
+            tmp.display(),
+            if source.starts_with("/dev/vd") || source.starts_with("/dev/xvd") {
+                ", a virtual machine's disk, so what an fsync costs depends on the host under it"
+            } else {
+                ""
+            }
+        ),
+        None => format!("the file system of `{}` could not be read", tmp.display()),
+    };
+    let _ = writeln!(
+        o,
+        "A publish is one `POST /channels/dur-P/events` of a small JSON reading (`{{\"t\":21.5,\"n\":N}}`, {} bytes \
+         on average) on the publisher's own keep-alive connection; the next is sent as soon as the answer has been \
+         read. With `--data-dir` the answer (`201`) comes only after the event is committed. Each publisher has its \
+         own channel (16 publishers: 16 channels), first filled with {prefill} events, its buffer (not measured), so \
+         that every measured publish also drops that channel's oldest event, as on a server that has been up a while. \
+         Each run lasts {:.1} s or {} publishes, whichever comes first. Publishes/s = publishes acknowledged ÷ the \
+         run's time; round trip = from writing the request until the whole answer has been read (with 16 publishers, \
+         over all of them).\n",
+        if acked > 0 {
+            format!("{:.1}", body as f64 / acked as f64)
+        } else {
+            "–".into()
+        },
+        m.dur_secs,
+        m.dur_max_events
+    );
+    let _ = writeln!(
+        o,
+        "Written per event = the change of `write_bytes` in the server's `/proc/PID/io` over the measured run ÷ \
+         publishes acknowledged (in brackets: the whole change). The kernel counts `write_bytes` when the process \
+         dirties a page of the page cache, so it counts whole pages ({} KiB here) of the WAL, and of `abide.db` when \
+         a checkpoint copies the WAL back, not the bytes of the rows, and whether or not they have reached the disk \
+         yet; a page dirtied again before the kernel writes it back is counted once. Events per commit = publishes acknowledged ÷ the change of `/stats` `store_commits` (one journal \
+         thread commits the publishes queued meanwhile together). {disk}.\n",
+        // SAFETY: sysconf has no preconditions.
+        unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(1) / 1024
+    );
+    header(
+        o,
+        &["publishers", "store"],
+        &[],
+        &[
+            "publishes/s",
+            "÷ memory",
+            "round trip p50",
+            "p99",
+            "p50 ÷ memory",
+            "written per event (whole Δ)",
+            "events per commit",
+            "publishes",
+        ],
+    );
+    let mut ps: Vec<usize> = rows.iter().map(|d| d.publishers).collect();
+    ps.sort_unstable();
+    ps.dedup();
+    let get = |p: usize, store: Store| {
+        rows.iter()
+            .find(|d| d.publishers == p && d.store == store && d.ok())
+    };
+    for &p in &ps {
+        let mem = get(p, Store::Memory);
+        for d in rows.iter().filter(|d| d.publishers == p) {
+            if d.error.is_some() && d.acked == 0 {
+                let _ = writeln!(
+                    o,
+                    "| {p} | {} | {} | | | | | | | |",
+                    d.store.label(),
+                    fail(&d.error)
+                );
+                continue;
+            }
+            let is_mem = d.store == Store::Memory;
+            let _ = writeln!(
+                o,
+                "| {p} | {} | {:.0} | {} | {} | {} | {} | {} ({}) | {} | {}{}{} |",
+                d.store.label(),
+                d.publishes_per_sec(),
+                if is_mem {
+                    "1×".into()
+                } else {
+                    ratio(
+                        Some(d.publishes_per_sec()),
+                        mem.map(DurabilityRow::publishes_per_sec),
+                    )
+                },
+                ms(d.p50_us),
+                ms(d.p99_us),
+                if is_mem {
+                    "1×".into()
+                } else {
+                    ratio(Some(d.p50_us), mem.map(|m| m.p50_us))
+                },
+                d.written_per_event().map_or("–".into(), bytes),
+                bytes(d.io.write_bytes as f64),
+                d.events_per_commit()
+                    .map_or("–".into(), |v| format!("{v:.2}")),
+                d.acked,
+                if d.io.cancelled_write_bytes > 0 {
+                    format!(
+                        "; cancelled writes {}",
+                        bytes(d.io.cancelled_write_bytes as f64)
+                    )
+                } else {
+                    String::new()
+                },
+                if d.error.is_some() {
+                    format!(" ({})", fail(&d.error))
+                } else {
+                    String::new()
+                },
+            );
+        }
+    }
+    let _ = writeln!(o);
+    // What the fsync costs, from this run's figures.
+    let mut said = Vec::new();
+    for &p in &ps {
+        let (Some(normal), Some(full)) = (get(p, Store::SqliteNormal), get(p, Store::SqliteFull))
+        else {
+            continue;
+        };
+        let diff = full.p50_us - normal.p50_us;
+        let mut line = format!(
+            "With {}, `--sync full` (an fsync per commit) answers a publish in {} (median) against {} with \
+             `--sync normal`, {} {} per publish{}, and makes {} of `--sync normal`'s publishes/s",
+            publishers(p),
+            ms(full.p50_us),
+            ms(normal.p50_us),
+            ms(diff.abs()),
+            if diff >= 0.0 { "more" } else { "less" },
+            if p == 1 && full.events_per_commit().is_some_and(|e| e < 1.05) {
+                " (here every publish is a commit of its own, so this is what an fsync costs)"
+            } else {
+                ""
+            },
+            ratio(
+                Some(full.publishes_per_sec()),
+                Some(normal.publishes_per_sec())
+            )
+        );
+        if let Some(epc) = full.events_per_commit().filter(|_| p > 1) {
+            let _ = write!(
+                line,
+                "; its commits carry {epc:.1} events each on average, so the publishers share each fsync"
+            );
+        }
+        line.push('.');
+        said.push(line);
+    }
+    if !said.is_empty() {
+        let _ = writeln!(o, "{}\n", said.join(" "));
+    }
 }
 
 fn header(o: &mut String, first: &[&str], kinds: &[Kind], cols: &[&str]) {

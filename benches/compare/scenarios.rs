@@ -1,5 +1,6 @@
-//! The five scenarios. Each runs against one freshly started server and
-//! returns its figures; `main` runs every server in turn for each point.
+//! The six scenarios. Each runs against one freshly started server and
+//! returns its figures; `main` runs every server in turn for each point
+//! (scenario 6: abide with each of its stores in turn).
 //! Orchestration runs on the main thread (it may block); the connections are
 //! tokio tasks on the harness's runtime.
 
@@ -12,7 +13,7 @@ use tokio::sync::{Semaphore, mpsc, watch};
 
 use crate::client::{Conn, numbers_after};
 use crate::procfs::{self, Kernel, ProcSample};
-use crate::servers::{Launch, NchanInstall, Server};
+use crate::servers::{BUFFER, Launch, NchanInstall, Server, Store};
 
 /// Longest a poll is held in any scenario (seconds, the `timeout` parameter).
 const HOLD_SECS: u64 = 110;
@@ -649,6 +650,239 @@ pub fn immediate(
         row.error = Some(e);
     }
     row
+}
+
+// ---------------------------------------------------------------- 6. durability
+
+#[derive(Clone, Debug, Default)]
+pub struct DurabilityRow {
+    pub store: Store,
+    /// Concurrent publishers, each on its own keep-alive connection and its
+    /// own channel.
+    pub publishers: usize,
+    /// Events put in each channel before the measurement (its buffer's size).
+    pub prefill: usize,
+    /// Publishes answered `2xx` in the measured run.
+    pub acked: u64,
+    /// Sum of their JSON bodies' lengths.
+    pub body_bytes: u64,
+    /// From the first publish to the last answer.
+    pub secs: f64,
+    /// Publisher's round trips, microseconds.
+    pub p50_us: f64,
+    pub p99_us: f64,
+    pub max_us: f64,
+    /// Change of the server's /proc/PID/io over the measured run.
+    pub io: procfs::Io,
+    /// `/stats` `store_commits` and `store_errors` changes over the run.
+    pub commits: u64,
+    pub store_errors: u64,
+    /// Publishes answered otherwise, or that failed.
+    pub failed: u64,
+    pub error: Option<String>,
+}
+
+impl DurabilityRow {
+    pub fn ok(&self) -> bool {
+        self.error.is_none() && self.acked > 0
+    }
+    pub fn publishes_per_sec(&self) -> f64 {
+        self.acked as f64 / self.secs.max(1e-9)
+    }
+    /// `write_bytes` Δ ÷ publishes acknowledged.
+    pub fn written_per_event(&self) -> Option<f64> {
+        (self.acked > 0).then(|| self.io.write_bytes as f64 / self.acked as f64)
+    }
+    /// Publishes acknowledged ÷ commits (SQLite only).
+    pub fn events_per_commit(&self) -> Option<f64> {
+        (self.store != Store::Memory && self.commits > 0)
+            .then(|| self.acked as f64 / self.commits as f64)
+    }
+}
+
+/// A publish of a small sensor reading, `{"t":21.5,"n":N}`, to `path`; and
+/// the body's length.
+fn reading_publish(path: &str, n: u64) -> (Vec<u8>, usize) {
+    let body = format!(r#"{{"t":21.5,"n":{n}}}"#);
+    let request = format!(
+        "POST {path} HTTP/1.1\r\nHost: bench\r\nContent-Type: application/json\r\nAccept: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    (request.into_bytes(), body.len())
+}
+
+/// Scenario 6: `publishers` publishers, back to back, against abide with
+/// `launch.store`; at most `max_events` publishes within `duration`.
+pub fn durability(
+    ctx: &Ctx,
+    launch: &Launch,
+    publishers: usize,
+    duration: Duration,
+    max_events: u64,
+) -> DurabilityRow {
+    let mut row = DurabilityRow {
+        store: launch.store.unwrap_or_default(),
+        publishers,
+        prefill: BUFFER,
+        ..DurabilityRow::default()
+    };
+    let server = match Server::start(launch, ctx.nchan) {
+        Ok(s) => s,
+        Err(e) => {
+            row.error = Some(format!("did not start: {e}"));
+            return row;
+        }
+    };
+    if let Err(e) = durability_on(ctx, &server, &mut row, duration, max_events) {
+        row.error = Some(e);
+    }
+    row
+}
+
+/// `store_commits` and `store_errors` from `/stats`, after checking that the
+/// server keeps its events where it was asked to.
+fn store_counters(server: &Server, store: Store) -> Result<(u64, u64), String> {
+    let v = server.stats().map_err(|e| format!("/stats: {e}"))?;
+    let name = v["store"].as_str().unwrap_or("?");
+    if name != store.stats_name() {
+        return Err(format!(
+            "/stats says store {name}, expected {}",
+            store.stats_name()
+        ));
+    }
+    Ok((
+        v["store_commits"].as_u64().unwrap_or(0),
+        v["store_errors"].as_u64().unwrap_or(0),
+    ))
+}
+
+fn durability_on(
+    ctx: &Ctx,
+    server: &Server,
+    row: &mut DurabilityRow,
+    duration: Duration,
+    max_events: u64,
+) -> Result<(), String> {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    const ANSWER_LIMIT: Duration = Duration::from_secs(15);
+    warm_up(ctx, server)?;
+    let addr = server.addr;
+    let pid = server.serving_pid();
+    // Publisher p publishes on channel `dur-p`.
+    let paths: Vec<Arc<str>> = (0..row.publishers)
+        .map(|p| server.publish_path(&format!("dur-{p}")).into())
+        .collect();
+    // Connect, then fill every channel to its buffer (not measured), so that
+    // each measured publish also drops the channel's oldest event, as on a
+    // server that has been running for a while.
+    let prefill = row.prefill as u64;
+    let tasks: Vec<_> = paths
+        .iter()
+        .cloned()
+        .map(|path| {
+            ctx.rt.spawn(async move {
+                let mut conn = Conn::connect(addr).await.map_err(|e| e.to_string())?;
+                for n in 0..prefill {
+                    let resp = conn
+                        .request_within(&reading_publish(&path, n).0, ANSWER_LIMIT)
+                        .await
+                        .map_err(|e| format!("prefill publish: {e}"))?;
+                    if !(200..300).contains(&resp.status) {
+                        return Err(format!("prefill publish got {}", resp.status));
+                    }
+                }
+                Ok::<Conn, String>(conn)
+            })
+        })
+        .collect();
+    let mut conns = Vec::with_capacity(tasks.len());
+    for t in tasks {
+        conns.push(ctx.rt.block_on(t).map_err(|e| e.to_string())??);
+    }
+    let io_before = procfs::io(pid).ok_or("cannot read /proc/PID/io")?;
+    let (commits_before, errors_before) = store_counters(server, row.store)?;
+    // The measurement: every publisher back to back until the time or the
+    // count is used up.
+    let budget = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    let tasks: Vec<_> = conns
+        .into_iter()
+        .zip(paths.iter().cloned())
+        .map(|(mut conn, path)| {
+            let budget = budget.clone();
+            ctx.rt.spawn(async move {
+                let mut lat = Vec::new();
+                let mut body_bytes = 0u64;
+                let mut failure = None;
+                let mut n = prefill;
+                while started.elapsed() < duration
+                    && budget.fetch_add(1, Ordering::Relaxed) < max_events
+                {
+                    let (req, body_len) = reading_publish(&path, n);
+                    let t0 = Instant::now();
+                    match conn.request_within(&req, ANSWER_LIMIT).await {
+                        Ok(resp) if (200..300).contains(&resp.status) => {
+                            lat.push(t0.elapsed().as_secs_f64() * 1e6);
+                            body_bytes += body_len as u64;
+                        }
+                        Ok(resp) => {
+                            failure = Some(format!(
+                                "publish got {}: {}",
+                                resp.status,
+                                String::from_utf8_lossy(&resp.body)
+                            ));
+                            break;
+                        }
+                        Err(e) => {
+                            failure = Some(format!("publish: {e}"));
+                            break;
+                        }
+                    }
+                    n += 1;
+                }
+                (lat, body_bytes, failure)
+            })
+        })
+        .collect();
+    let mut all = Vec::new();
+    let mut failures = Vec::new();
+    for t in tasks {
+        let (lat, body_bytes, failure) = ctx.rt.block_on(t).map_err(|e| e.to_string())?;
+        all.extend(lat);
+        row.body_bytes += body_bytes;
+        failures.extend(failure);
+    }
+    row.secs = started.elapsed().as_secs_f64();
+    let io_after = procfs::io(pid).ok_or("cannot read /proc/PID/io")?;
+    let (commits_after, errors_after) = store_counters(server, row.store)?;
+    row.io = procfs::Io {
+        write_bytes: io_after.write_bytes.saturating_sub(io_before.write_bytes),
+        cancelled_write_bytes: io_after
+            .cancelled_write_bytes
+            .saturating_sub(io_before.cancelled_write_bytes),
+    };
+    row.commits = commits_after.saturating_sub(commits_before);
+    row.store_errors = errors_after.saturating_sub(errors_before);
+    all.sort_by(f64::total_cmp);
+    row.acked = all.len() as u64;
+    row.p50_us = percentile(&all, 0.5);
+    row.p99_us = percentile(&all, 0.99);
+    row.max_us = all.last().copied().unwrap_or(f64::NAN);
+    row.failed = failures.len() as u64;
+    if !server.alive() {
+        return Err("the server died".into());
+    }
+    if let Some(first) = failures.first() {
+        return Err(format!(
+            "{} of {} publishers failed, e.g. {first}",
+            failures.len(),
+            row.publishers
+        ));
+    }
+    if row.store_errors > 0 {
+        return Err(format!("{} store errors", row.store_errors));
+    }
+    Ok(())
 }
 
 // ---------------------------------------------------------------- pinning

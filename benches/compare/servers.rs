@@ -175,6 +175,55 @@ http {{
     )
 }
 
+/// Scenario 6: where abide keeps its events.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Store {
+    /// No `--data-dir`: in memory only.
+    #[default]
+    Memory,
+    /// `--data-dir DIR --sync normal`.
+    SqliteNormal,
+    /// `--data-dir DIR --sync full`.
+    SqliteFull,
+}
+
+impl Store {
+    pub const ALL: [Store; 3] = [Store::Memory, Store::SqliteNormal, Store::SqliteFull];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Store::Memory => "memory",
+            Store::SqliteNormal => "SQLite, `--sync normal`",
+            Store::SqliteFull => "SQLite, `--sync full`",
+        }
+    }
+
+    pub fn short(self) -> &'static str {
+        match self {
+            Store::Memory => "memory",
+            Store::SqliteNormal => "sqlite normal",
+            Store::SqliteFull => "sqlite full",
+        }
+    }
+
+    /// The `--sync` value, for the stores that write a database.
+    pub fn sync(self) -> Option<&'static str> {
+        match self {
+            Store::Memory => None,
+            Store::SqliteNormal => Some("normal"),
+            Store::SqliteFull => Some("full"),
+        }
+    }
+
+    /// What `/stats` says in `store`.
+    pub fn stats_name(self) -> &'static str {
+        match self {
+            Store::Memory => "memory",
+            Store::SqliteNormal | Store::SqliteFull => "sqlite",
+        }
+    }
+}
+
 /// How a server is started.
 #[derive(Clone, Debug)]
 pub struct Launch {
@@ -183,6 +232,10 @@ pub struct Launch {
     pub max_waiters: usize,
     /// Pi profile: `taskset -c 0` and `prlimit --as=512MiB`.
     pub pi: bool,
+    /// abide only, scenario 6: `Some` adds `--buffer BUFFER` and, for SQLite,
+    /// `--data-dir` (a fresh temporary directory, removed after the run) and
+    /// `--sync`. `None`: the harness's usual abide.
+    pub store: Option<Store>,
 }
 
 pub struct Server {
@@ -231,23 +284,52 @@ pub fn describe(kind: Kind, max_waiters: usize) -> String {
     }
 }
 
+/// Scenario 6's abide command line for `store`, for the report.
+pub fn describe_store(store: Store, max_waiters: usize) -> String {
+    let mut line = format!("{} --buffer {BUFFER}", describe(Kind::Abide, max_waiters));
+    if let Some(sync) = store.sync() {
+        line.push_str(&format!(" --data-dir DIR --sync {sync}"));
+    }
+    line
+}
+
 impl Server {
     pub fn start(launch: &Launch, nchan: Option<&NchanInstall>) -> io::Result<Server> {
         let port = free_port();
         let addr = SocketAddr::from(([127, 0, 0, 1], port));
         let mut workdir = None;
+        if launch.store.is_some() && launch.kind != Kind::Abide {
+            return Err(io::Error::other("a store is abide's only"));
+        }
         let (program, args): (PathBuf, Vec<String>) = match launch.kind {
-            Kind::Abide => (
-                abide_exe(),
-                vec![
+            Kind::Abide => {
+                let mut args: Vec<String> = vec![
                     "serve".into(),
                     "--listen".into(),
                     addr.to_string(),
                     "--quiet".into(),
                     "--max-waiters".into(),
                     launch.max_waiters.to_string(),
-                ],
-            ),
+                ];
+                if let Some(store) = launch.store {
+                    args.extend(["--buffer".into(), BUFFER.to_string()]);
+                    if let Some(sync) = store.sync() {
+                        // A fresh, empty data directory for this run only.
+                        let dir = std::env::temp_dir()
+                            .join(format!("abide-bench-data-{}-{port}", std::process::id()));
+                        let _ = std::fs::remove_dir_all(&dir);
+                        std::fs::create_dir_all(&dir)?;
+                        workdir = Some(TempDir(dir.clone()));
+                        args.extend([
+                            "--data-dir".into(),
+                            dir.display().to_string(),
+                            "--sync".into(),
+                            sync.into(),
+                        ]);
+                    }
+                }
+                (abide_exe(), args)
+            }
             Kind::AsyncCurrent | Kind::AsyncMulti => (
                 self_exe(),
                 vec![
@@ -392,6 +474,15 @@ impl Server {
             .map(|(_, b)| b.to_string())
             .unwrap_or_default();
         Ok((status, body))
+    }
+
+    /// abide's `/stats` (also the async variant's), parsed.
+    pub fn stats(&self) -> io::Result<serde_json::Value> {
+        let (status, body) = self.blocking_request("GET /stats", "")?;
+        if status != 200 {
+            return Err(io::Error::other(format!("/stats: status {status}")));
+        }
+        serde_json::from_str(&body).map_err(io::Error::other)
     }
 
     /// Polls currently waiting, as the server counts them (`/stats` waiters,

@@ -689,6 +689,23 @@ impl Writer {
         }
     }
 
+    /// Deletes a channel (with a store, once committed); the answer.
+    /// Out of line: `decide` is on every waiter's stack, and a waiter
+    /// thread touches each page its deepest frame reaches.
+    #[inline(never)]
+    fn delete(&self, channel: &str) -> Reply {
+        match &self.journal {
+            Some(journal) => match journal.delete(channel) {
+                Ok(()) => Reply::empty(204),
+                Err(err) => Reply::error(&err),
+            },
+            None => {
+                self.hub.delete(channel);
+                Reply::empty(204)
+            }
+        }
+    }
+
     /// Decides a deferred poll or deletion at the head of its lane: the
     /// deletion is done and answered, the poll answered now or made to wait.
     fn decide(&self, work: Work) -> Work {
@@ -712,19 +729,7 @@ impl Writer {
                 request,
                 channel,
                 started,
-            } => {
-                let reply = match &self.journal {
-                    Some(journal) => match journal.delete(&channel) {
-                        Ok(()) => Reply::empty(204),
-                        Err(err) => Reply::error(&err),
-                    },
-                    None => {
-                        self.hub.delete(&channel);
-                        Reply::empty(204)
-                    }
-                };
-                (request, reply, started)
-            }
+            } => (request, self.delete(&channel), started),
             other => return other,
         };
         Work::Answer {

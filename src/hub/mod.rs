@@ -301,7 +301,7 @@ impl Hub {
         st.check_publish(channel, limits)?;
         let id = st.ids.next_id(wall_micros(at)).ok_or_else(ids_exhausted)?;
         let event = Event::new(id, channel, at, now, data_json);
-        let (wake, lost) = st.insert(Arc::from(channel), event.clone(), limits);
+        let (wake, lost) = st.insert(channel, event.clone(), limits);
         dropped += lost;
         drop(st);
 
@@ -343,7 +343,7 @@ impl Hub {
         for item in committed {
             match item {
                 Committed::Event { channel, event } => {
-                    let (woken, lost) = st.insert(channel.clone(), event.clone(), limits);
+                    let (woken, lost) = st.insert(channel, event.clone(), limits);
                     wake.extend(woken);
                     dropped += lost;
                     published += 1;
@@ -381,7 +381,7 @@ impl Hub {
         for (channel, event) in events {
             st.ids.raise_to(event.id);
             dropped += st.expire(now, limits);
-            dropped += st.insert(channel, event, limits).1;
+            dropped += st.insert(&channel, event, limits).1;
         }
         drop(st);
         self.count_dropped(dropped);
@@ -794,12 +794,12 @@ impl State {
     /// the channel's waiters and how many events the limits dropped.
     fn insert(
         &mut self,
-        name: Arc<str>,
+        name: &str,
         event: Arc<Event>,
         limits: &HubLimits,
     ) -> (Vec<Arc<Condvar>>, usize) {
         let mut dropped = 0;
-        let name = match self.channels.get_key_value(&*name) {
+        let name = match self.channels.get_key_value(name) {
             Some((key, _)) => key.clone(),
             None => {
                 // `check_publish` found room. If polls took it since (a
@@ -809,7 +809,8 @@ impl State {
                     .make_room_for_channels(1, limits.max_channels)
                     .unwrap_or(0);
                 let generation = self.new_generation();
-                let dropped_through = self.unbury(&name);
+                let dropped_through = self.unbury(name);
+                let name: Arc<str> = Arc::from(name);
                 self.channels
                     .insert(name.clone(), Channel::new(generation, dropped_through));
                 name
