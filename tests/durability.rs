@@ -337,8 +337,9 @@ fn a_deleted_channel_stays_deleted_after_a_crash() {
 }
 
 /// An unreadable file is refused at start, with exit code 1 and a message
-/// naming it, and left as it was: garbage, another program's database, and
-/// a database from a newer abide (a schema version this one does not know).
+/// naming it, and left as it was: garbage, another program's database, a
+/// database from a newer abide (a schema version this one does not know),
+/// and abide's own file with an event it could not have written.
 #[test]
 fn a_database_abide_cannot_trust_is_refused_and_left_alone() {
     let garbage = TempDir::new("corrupt");
@@ -364,6 +365,20 @@ fn a_database_abide_cannot_trust_is_refused_and_left_alone() {
     conn.pragma_update(None, "user_version", 99).unwrap();
     drop(conn);
     refused(&newer, "schema version is 99");
+
+    // abide's own file, with a row it could not have written.
+    let tampered = TempDir::new("tampered");
+    let mut server = serve(&tampered, &[]);
+    let id = server.http().publish("a", "1");
+    stop(&mut server);
+    let conn = rusqlite::Connection::open(tampered.path().join("abide.db")).unwrap();
+    conn.execute(
+        "UPDATE events SET data = '{broken' WHERE id = ?1",
+        [id as i64],
+    )
+    .unwrap();
+    drop(conn);
+    refused(&tampered, "data that is not JSON");
 }
 
 /// Starts abide on `dir`, expecting exit code 1 and a message with the
@@ -422,16 +437,7 @@ fn a_write_error_refuses_the_publish_and_publishing_resumes_after_it() {
         }
     });
     let http = server.http();
-    let big = format!("\"{}\"", "x".repeat(10_000));
-    let mut acknowledged = Vec::new();
-    let refusal = loop {
-        let resp = http.post("/channels/a/events", &big);
-        match resp.status {
-            201 => acknowledged.push(resp.json()["id"].as_u64().unwrap()),
-            _ => break resp,
-        }
-        assert!(acknowledged.len() < 1000, "the file limit never hit");
-    };
+    let (mut acknowledged, refusal) = publish_until_not_stored(&http);
     assert!(matches!(refusal.status, 503 | 507), "{refusal:?}");
     assert!(refusal.header("Retry-After").is_some(), "{refusal:?}");
     assert!(
@@ -457,6 +463,21 @@ fn a_write_error_refuses_the_publish_and_publishing_resumes_after_it() {
     let back = all_events(&server.http(), &["a"], 0);
     let ids: Vec<u64> = back.iter().map(|e| e["id"].as_u64().unwrap()).collect();
     assert_eq!(ids, acknowledged, "exactly what was acknowledged");
+}
+
+/// Publishes 10 KB events on channel `a` until one is refused; returns the
+/// ids acknowledged before, and the refusal.
+fn publish_until_not_stored(http: &Http) -> (Vec<u64>, common::Resp) {
+    let big = format!("\"{}\"", "x".repeat(10_000));
+    let mut acknowledged = Vec::new();
+    loop {
+        let resp = http.post("/channels/a/events", &big);
+        match resp.status {
+            201 => acknowledged.push(resp.json()["id"].as_u64().unwrap()),
+            _ => return (acknowledged, resp),
+        }
+        assert!(acknowledged.len() < 1000, "storage never ran out");
+    }
 }
 
 /// Lifts the file size limit of process `pid` (this test's child).
@@ -505,16 +526,7 @@ fn a_full_disk_is_answered_507_and_publishing_resumes_when_space_is_back() {
     ];
     let mut server = Abide::serve(&flags);
     let http = server.http();
-    let big = format!("\"{}\"", "x".repeat(10_000));
-    let mut acknowledged = Vec::new();
-    let refusal = loop {
-        let resp = http.post("/channels/a/events", &big);
-        match resp.status {
-            201 => acknowledged.push(resp.json()["id"].as_u64().unwrap()),
-            _ => break resp,
-        }
-        assert!(acknowledged.len() < 1000, "the filesystem never filled");
-    };
+    let (mut acknowledged, refusal) = publish_until_not_stored(&http);
     assert_eq!(refusal.status, 507, "{refusal:?}");
     assert!(refusal.header("Retry-After").is_some(), "{refusal:?}");
     assert!(
@@ -528,7 +540,8 @@ fn a_full_disk_is_answered_507_and_publishing_resumes_when_space_is_back() {
         acknowledged
     );
     // Refused again while full: nothing changes.
-    assert_eq!(http.post("/channels/a/events", &big).status, 507);
+    let again = http.post("/channels/a/events", &format!("\"{}\"", "x".repeat(10_000)));
+    assert_eq!(again.status, 507, "{again:?}");
 
     std::fs::remove_file(&filler).unwrap();
     acknowledged.push(http.publish("a", "\"after\""));

@@ -296,26 +296,22 @@ impl Database {
     pub fn load_channels(&self) -> Result<Loaded, String> {
         let path = self.path.display();
         let sql_error = |e: rusqlite::Error| format!("cannot read {path}: {e}");
-        let c = &self.conn;
         let mut tombstones = Vec::new();
         let mut last_id: u64 = 0;
-        {
-            let mut rows = c
-                .prepare("SELECT name, dropped_through FROM channels ORDER BY dropped_through")
-                .map_err(sql_error)?;
-            let mut rows = rows.query([]).map_err(sql_error)?;
-            while let Some(row) = rows.next().map_err(sql_error)? {
-                let name: String = row.get(0).map_err(sql_error)?;
-                let dropped_through = checked_id(row.get(1).map_err(sql_error)?)
-                    .ok_or_else(|| format!("{path}: channel {name:?} has an invalid id"))?;
-                if !valid_channel_name(&name) {
-                    return Err(format!("{path}: invalid channel name {name:?}"));
-                }
-                last_id = last_id.max(dropped_through);
-                tombstones.push((Arc::from(name), dropped_through));
+        let channels = "SELECT name, dropped_through FROM channels ORDER BY dropped_through";
+        self.each_row(channels, |row| {
+            let name: String = row.get(0).map_err(sql_error)?;
+            let dropped_through = checked_id(row.get(1).map_err(sql_error)?)
+                .ok_or_else(|| format!("{path}: channel {name:?} has an invalid id"))?;
+            if !valid_channel_name(&name) {
+                return Err(format!("{path}: invalid channel name {name:?}"));
             }
-        }
-        let floor: Option<i64> = c
+            last_id = last_id.max(dropped_through);
+            tombstones.push((Arc::from(name), dropped_through));
+            Ok(())
+        })?;
+        let floor: Option<i64> = self
+            .conn
             .query_row("SELECT value FROM meta WHERE key = 'id_floor'", [], |r| {
                 r.get(0)
             })
@@ -337,14 +333,10 @@ impl Database {
     pub fn load_events(&self, mut each: impl FnMut(Arc<str>, Arc<Event>)) -> Result<(), String> {
         let path = self.path.display();
         let sql_error = |e: rusqlite::Error| format!("cannot read {path}: {e}");
-        let c = &self.conn;
         let now = Instant::now();
         let wall_now = SystemTime::now();
-        let mut rows = c
-            .prepare("SELECT id, channel, at_ms, data FROM events ORDER BY id")
-            .map_err(sql_error)?;
-        let mut rows = rows.query([]).map_err(sql_error)?;
-        while let Some(row) = rows.next().map_err(sql_error)? {
+        let events = "SELECT id, channel, at_ms, data FROM events ORDER BY id";
+        self.each_row(events, |row| {
             let raw_id: i64 = row.get(0).map_err(sql_error)?;
             let id =
                 checked_id(raw_id).ok_or_else(|| format!("{path}: invalid event id {raw_id}"))?;
@@ -366,6 +358,21 @@ impl Database {
             let stored_at = now.checked_sub(age).unwrap_or(now);
             let event = Event::new(id, &channel, at, stored_at, &data);
             each(Arc::from(channel), event);
+            Ok(())
+        })
+    }
+
+    /// Runs `sql` and hands each row to `each`; errors name the file.
+    fn each_row(
+        &self,
+        sql: &str,
+        mut each: impl FnMut(&rusqlite::Row<'_>) -> Result<(), String>,
+    ) -> Result<(), String> {
+        let sql_error = |e: rusqlite::Error| format!("cannot read {}: {e}", self.path.display());
+        let mut statement = self.conn.prepare(sql).map_err(sql_error)?;
+        let mut rows = statement.query([]).map_err(sql_error)?;
+        while let Some(row) = rows.next().map_err(sql_error)? {
+            each(row)?;
         }
         Ok(())
     }
