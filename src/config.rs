@@ -53,6 +53,13 @@ pub struct Config {
     /// Bytes (request lines and headers) one connection may have queued
     /// behind the one being answered; more and the connection is cut.
     pub max_pipelined_bytes: usize,
+    /// A Server-Sent Events stream with nothing to send writes a comment
+    /// this often (`--sse-heartbeat`), so that proxies and NAT tables keep
+    /// it and abide notices a client that left.
+    pub sse_heartbeat: Duration,
+    /// A stream ends after this long (`--max-stream-seconds`), so that
+    /// long-lived streams rebalance; `None`: never.
+    pub max_stream: Option<Duration>,
     /// Directory of the SQLite database that keeps events across restarts
     /// (`--data-dir`); `None` keeps them in memory only.
     pub data_dir: Option<PathBuf>,
@@ -84,6 +91,8 @@ impl Default for Config {
             max_backlog: 1024,
             max_pipelined_requests: 64,
             max_pipelined_bytes: 64 * 1024,
+            sse_heartbeat: Duration::from_secs(25),
+            max_stream: None,
             data_dir: None,
             sync: Sync::Normal,
             cors_origin: None,

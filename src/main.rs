@@ -119,6 +119,12 @@ struct Serve {
     /// bytes of request heads one connection may queue behind the one being answered; more ends the connection (default 65536)
     #[argh(option, default = "65536")]
     max_pipelined_bytes: usize,
+    /// seconds between the comments a Server-Sent Events stream writes while nothing comes (default 25, below common proxy timeouts)
+    #[argh(option, default = "25")]
+    sse_heartbeat: u64,
+    /// end each Server-Sent Events stream after this many seconds (the browser reconnects and resumes), so that long-lived streams rebalance; default: never
+    #[argh(option)]
+    max_stream_seconds: Option<u64>,
     /// keep events in an SQLite database in this directory (created if missing), so that they survive restarts; default: in memory only
     #[argh(option)]
     data_dir: Option<PathBuf>,
@@ -154,6 +160,8 @@ impl Serve {
             max_backlog: self.max_backlog,
             max_pipelined_requests: self.max_pipelined_requests,
             max_pipelined_bytes: self.max_pipelined_bytes,
+            sse_heartbeat: Duration::from_secs(self.sse_heartbeat),
+            max_stream: self.max_stream_seconds.map(Duration::from_secs),
             data_dir: self.data_dir,
             sync: self.sync.unwrap_or(abide::Sync::Normal),
             cors_origin: self.cors_origin,

@@ -28,6 +28,9 @@ pub struct PollSpec {
     pub timeout: Duration,
     /// At most this many events in the answer.
     pub limit: usize,
+    /// Answer with a stream of Server-Sent Events instead of one answer
+    /// (the request accepts `text/event-stream`; see `wants_event_stream`).
+    pub stream: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -288,6 +291,26 @@ fn poll_spec(
         cursor,
         timeout,
         limit,
+        stream: false,
+    })
+}
+
+/// Whether an `Accept` header asks for Server-Sent Events: one of its media
+/// ranges is `text/event-stream` (any case, parameters ignored), not refused
+/// with `q=0`. `*/*` alone keeps the long poll, which every client reads.
+pub fn wants_event_stream(accept: Option<&str>) -> bool {
+    accept.is_some_and(|accept| {
+        accept.split(',').any(|range| {
+            let mut parts = range.split(';');
+            let media = parts.next().unwrap_or("").trim();
+            let refused = parts.any(|p| {
+                let p = p.trim();
+                p.strip_prefix("q=")
+                    .or_else(|| p.strip_prefix("Q="))
+                    .is_some_and(|q| q.trim().parse::<f32>().is_ok_and(|q| q == 0.0))
+            });
+            media.eq_ignore_ascii_case("text/event-stream") && !refused
+        })
     })
 }
 
@@ -481,5 +504,21 @@ mod tests {
         assert_eq!(r("GET", "/nope").unwrap_err().status(), 404);
         assert_eq!(r("GET", "/channels/a/events/").unwrap_err().status(), 404);
         assert_eq!(r("GET", "").unwrap_err().status(), 404);
+    }
+
+    /// A stream is asked for by `Accept: text/event-stream` (any case, with
+    /// parameters, among other ranges), not by `*/*`, not when refused with q=0.
+    #[test]
+    fn accept_asks_for_a_stream_only_by_name() {
+        assert!(wants_event_stream(Some("text/event-stream")));
+        assert!(wants_event_stream(Some("Text/Event-Stream; charset=utf-8")));
+        assert!(wants_event_stream(Some(
+            "application/json, text/event-stream;q=0.5"
+        )));
+        assert!(!wants_event_stream(Some("*/*")));
+        assert!(!wants_event_stream(Some("text/*")));
+        assert!(!wants_event_stream(Some("text/event-stream;q=0")));
+        assert!(!wants_event_stream(Some("application/json")));
+        assert!(!wants_event_stream(None));
     }
 }

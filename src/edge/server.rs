@@ -173,6 +173,7 @@ pub fn start(config: Config) -> io::Result<Running> {
         max_channels: config.max_channels,
         max_stored_bytes: config.max_stored_bytes,
         max_waiters: config.max_waiters,
+        max_stream: config.max_stream,
     };
     let (hub, journal) = match &config.data_dir {
         None => (Hub::new(limits), None),
@@ -621,12 +622,20 @@ impl Edge {
             demo: self.config.demo,
         };
         let last_event_id = header(&request, "Last-Event-ID");
+        let accept = header(&request, "Accept");
         let action = request::route(
             request.method().as_str(),
             request.url(),
             last_event_id.as_deref(),
             settings,
-        );
+        )
+        .map(|action| match action {
+            Action::Poll(mut spec) => {
+                spec.stream = request::wants_event_stream(accept.as_deref());
+                Action::Poll(spec)
+            }
+            other => other,
+        });
         let reply = match action {
             // A body that will not be read (the action has none) is left to
             // tiny_http, which reads a declared length to its end.

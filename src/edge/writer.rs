@@ -51,13 +51,13 @@ use crate::api::reply::{MISSED_HEADER, Reply};
 use crate::api::request;
 use crate::api::request::PollSpec;
 use crate::config::Config;
-use crate::edge::connection::SocketFinder;
+use crate::edge::connection::{ConnectionSocket, SocketFinder};
 use crate::edge::deadline::AnswerDeadlines;
 use crate::edge::pool::Pool;
 use crate::edge::server::all_headers;
 use crate::edge::watchdog::WATCHDOG_TARGET;
 use crate::error::Error;
-use crate::hub::{EarlyAnswer, Hub, PollStart, Ticket, Wake};
+use crate::hub::{EarlyAnswer, Hub, PollStart, StreamStep, Ticket, Wake};
 use crate::store::Journal;
 
 /// Stack of a waiter thread: it waits and writes a prepared answer.
@@ -73,6 +73,16 @@ const RESET_WAIT: Duration = Duration::from_secs(1);
 /// After abide closes a connection, requests from its peer address that
 /// still reach dispatch for this long are refused, never executed.
 pub const CLOSED_HOLD: Duration = Duration::from_secs(10);
+
+/// The `retry:` a stream starts with: how long a browser's `EventSource`
+/// waits before it reconnects (with `Last-Event-ID`) after the stream ends.
+const SSE_RETRY_MS: u64 = 2000;
+
+/// The data of an `event: missed` message: the first id still held after
+/// the gap (`null` when none is).
+fn gap_json(first_held_id: Option<u64>) -> String {
+    serde_json::json!({ "first_held_id": first_held_id }).to_string()
+}
 
 /// Work on one request.
 pub enum Work {
@@ -291,6 +301,8 @@ pub struct Writer {
     /// Bounds the whole write of each answer by `--write-timeout`.
     deadlines: AnswerDeadlines,
     write_timeout: Duration,
+    /// A stream with nothing to send writes a comment this often.
+    sse_heartbeat: Duration,
     waiters: Pool<(u64, Work)>,
     writers: Pool<(u64, Work)>,
     /// Connections with a request being answered (and those queued behind
@@ -336,6 +348,7 @@ impl Writer {
                 finder,
                 deadlines,
                 write_timeout: config.write_timeout,
+                sse_heartbeat: config.sse_heartbeat,
                 // A wait job exists only with a wait slot, so the slots
                 // bound it; its backlog is for the moment a slot is given
                 // back before its thread is free.
@@ -781,6 +794,11 @@ impl Writer {
                 request,
                 ticket,
                 started,
+            } if ticket.is_stream() => (self.stream(request, ticket, started), true),
+            Work::Wait {
+                request,
+                ticket,
+                started,
             } => {
                 let answer = catch_unwind(AssertUnwindSafe(|| self.hub.wait(&ticket)));
                 let reply = match answer {
@@ -897,7 +915,7 @@ impl Writer {
         if let Some(socket) = &socket {
             socket.shut_reading();
         }
-        let head = self.raw_head(&reply, request.http_version());
+        let head = self.raw_head(&reply, request.http_version(), Some(reply.body.len()));
         let head_only =
             *request.method() == Method::Head || matches!(reply.status, 100..=199 | 204 | 304);
         let status = reply.status;
@@ -918,10 +936,25 @@ impl Writer {
         if written == Written::Yes {
             self.hub.count_delivered(events);
         }
+        self.end_connection(peer, socket, writer);
+        self.hub.count_closed_connection();
+        self.log(&method, &target, peer, status, started);
+        written
+    }
+
+    /// Ends a connection abide answered through its raw `writer` (held until
+    /// now, so that tiny_http writes nothing after our answer): from now on
+    /// requests from its address are verified, nothing more of its lane runs,
+    /// and the socket is shut down and reset once what was written is read.
+    fn end_connection(
+        &self,
+        peer: Option<SocketAddr>,
+        socket: Option<ConnectionSocket>,
+        writer: Box<dyn Write + Send>,
+    ) {
         if let Some(peer) = peer {
             // Before the socket is shut down (after which the client may
-            // reuse its port): requests from this address are verified from
-            // now on, and nothing more of this lane runs.
+            // reuse its port).
             let inode = socket.as_ref().map(|s| s.inode());
             let mut lanes = self.lanes.lock();
             lanes.mark_closed(peer, inode, Instant::now());
@@ -934,9 +967,100 @@ impl Writer {
             socket.reset_once_delivered(RESET_WAIT);
         }
         drop(writer);
-        self.hub.count_closed_connection();
-        self.log(&method, &target, peer, status, started);
+    }
+
+    /// Writes a stream of Server-Sent Events on `request`'s connection: a
+    /// `retry:` line, then each event after the ticket's cursor as `id:` and
+    /// `data:` lines, in id order, once each; `event: missed` before events
+    /// that follow a gap; a comment every `--sse-heartbeat` while nothing
+    /// comes (a client that left fails that write); `event: gone` when a
+    /// channel is deleted. It ends on a deletion, at shutdown, after
+    /// `--max-stream-seconds`, when a write fails or outlives
+    /// `--write-timeout` (a client that does not read is dropped; its events
+    /// stay, and it resumes with its cursor), and then the connection is
+    /// closed: a stream's body ends with its connection (no length, no
+    /// chunks, nothing buffered on the way: each step is flushed).
+    #[inline(never)]
+    fn stream(&self, request: Request, mut ticket: Ticket, started: Instant) -> Written {
+        let method = request.method().to_string();
+        let target = request.url().to_string();
+        let peer = request.remote_addr().copied();
+        self.mark_closing(peer);
+        let socket = peer.and_then(|p| self.finder.find(p));
+        if let Some(socket) = &socket {
+            // Nothing is read after a stream's request.
+            socket.shut_reading();
+        }
+        let mut head = Reply::empty(200);
+        head.headers.extend([
+            ("Content-Type", "text/event-stream; charset=utf-8".into()),
+            ("Cache-Control", "no-store".into()),
+            // nginx passes the stream on unbuffered.
+            ("X-Accel-Buffering", "no".into()),
+        ]);
+        let mut out = self.raw_head(&head, request.http_version(), None);
+        let _ = write!(out, "retry: {SSE_RETRY_MS}\n\n");
+        let mut writer = request.into_writer();
+        let mut written = self.write_step(peer, &mut writer, &out);
+        while written == Written::Yes {
+            let heartbeat_at = Instant::now() + self.sse_heartbeat;
+            let step = catch_unwind(AssertUnwindSafe(|| {
+                self.hub.next_for_stream(&mut ticket, heartbeat_at)
+            }))
+            .unwrap_or(StreamStep::End);
+            out.clear();
+            let mut delivered = 0;
+            let mut last = false;
+            match step {
+                StreamStep::Events { events, missed } => {
+                    if missed {
+                        let first = events.first().map(|e| e.id);
+                        let _ = write!(out, "event: missed\ndata: {}\n\n", gap_json(first));
+                    }
+                    for event in &events {
+                        let _ = write!(out, "id: {}\ndata: {}\n\n", event.id, event.json);
+                    }
+                    delivered = events.len();
+                }
+                StreamStep::Missed => {
+                    let _ = write!(out, "event: missed\ndata: {}\n\n", gap_json(None));
+                }
+                StreamStep::Heartbeat => out.push_str(": heartbeat\n\n"),
+                StreamStep::Gone { channel } => {
+                    let data = serde_json::json!({ "channel": channel });
+                    let _ = write!(out, "event: gone\ndata: {data}\n\n");
+                    last = true;
+                }
+                StreamStep::End => break,
+            }
+            written = self.write_step(peer, &mut writer, &out);
+            if written == Written::Yes {
+                self.hub.count_delivered(delivered);
+            }
+            if last {
+                break;
+            }
+        }
+        self.end_connection(peer, socket, writer);
+        drop(ticket);
+        self.log(&method, &target, peer, 200, started);
         written
+    }
+
+    /// Writes one step of a stream and flushes it, within `--write-timeout`.
+    fn write_step(
+        &self,
+        peer: Option<SocketAddr>,
+        writer: &mut Box<dyn Write + Send>,
+        text: &str,
+    ) -> Written {
+        let deadline = Instant::now() + self.write_timeout;
+        let _watch = peer.map(|p| self.deadlines.watch(p, deadline));
+        Written::from(
+            writer
+                .write_all(text.as_bytes())
+                .and_then(|()| writer.flush()),
+        )
     }
 
     /// Writes `reply` and logs it; returns whether the write succeeded. Blocks
@@ -999,8 +1123,9 @@ impl Writer {
     }
 
     /// The status line and headers of `reply` with `Connection: close`,
-    /// written by abide itself (tiny_http drops a `Connection` header).
-    fn raw_head(&self, reply: &Reply, version: &HTTPVersion) -> String {
+    /// written by abide itself (tiny_http drops a `Connection` header);
+    /// without a `length`, the body ends with the connection (a stream).
+    fn raw_head(&self, reply: &Reply, version: &HTTPVersion, length: Option<usize>) -> String {
         let status = StatusCode(reply.status);
         let minor = if *version <= HTTPVersion(1, 0) { 0 } else { 1 };
         let mut head = format!(
@@ -1012,11 +1137,10 @@ impl Writer {
         for (name, value) in self.common_headers().iter().chain(&reply.headers) {
             let _ = write!(head, "{name}: {value}\r\n");
         }
-        let _ = write!(
-            head,
-            "Content-Length: {}\r\nConnection: close\r\n\r\n",
-            reply.body.len()
-        );
+        if let Some(length) = length {
+            let _ = write!(head, "Content-Length: {length}\r\n");
+        }
+        head.push_str("Connection: close\r\n\r\n");
         head
     }
 

@@ -36,6 +36,9 @@ pub struct Batch {
     pub events: Vec<Arc<Event>>,
     /// Events after the cursor were dropped before they could be read.
     pub missed: bool,
+    /// The highest id dropped from the channels read (0 if none): a cursor
+    /// at or above it has missed nothing.
+    pub dropped_through: u64,
 }
 
 impl Channel {
@@ -99,6 +102,7 @@ impl Channel {
         Batch {
             events: self.events.range(start..).take(limit).cloned().collect(),
             missed: self.dropped_through > cursor,
+            dropped_through: self.dropped_through,
         }
     }
 }

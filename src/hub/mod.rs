@@ -44,6 +44,9 @@ use crate::hub::stats::Stats;
 /// (plus one event) in memory, whatever `limit` asks for.
 pub const MAX_ANSWER_BYTES: usize = 1024 * 1024;
 
+/// The deadline of a stream without `--max-stream-seconds`.
+const STREAM_FOREVER: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+
 /// The limits the hub enforces (from `Config`).
 #[derive(Debug, Clone)]
 pub struct HubLimits {
@@ -52,6 +55,8 @@ pub struct HubLimits {
     pub max_channels: usize,
     pub max_stored_bytes: usize,
     pub max_waiters: usize,
+    /// A stream ends after this long (`--max-stream-seconds`); `None`: never.
+    pub max_stream: Option<Duration>,
 }
 
 /// What the hub dropped, for a store to make durable (`Hub::take_changes`).
@@ -147,8 +152,11 @@ struct State {
     stored_bytes: usize,
     next_generation: u64,
     next_waiter_id: WaiterId,
-    /// Polls holding a wait slot (registered, or being answered after a wait).
+    /// Polls and streams holding a wait slot (registered, or being answered
+    /// after a wait).
     waiters: usize,
+    /// Of those, open streams.
+    streams: usize,
     peak_waiters: usize,
     shutting_down: bool,
 }
@@ -197,6 +205,13 @@ pub struct Ticket {
     condvar: Arc<Condvar>,
     /// Set (under the hub's lock) to answer the poll now with what it has.
     answer_now: Arc<AtomicBool>,
+    /// A stream (`Hub::next_for_stream`), not a poll.
+    stream: bool,
+    /// A stream's gap to announce although nothing was dropped after its
+    /// cursor (the cursor was one this server cannot have issued).
+    gap_pending: bool,
+    /// The highest dropped id a stream has announced as a gap.
+    gap_told_through: u64,
 }
 
 /// Ends a held poll early (`Hub::wait` then answers with what it has): a
@@ -208,7 +223,32 @@ pub struct EarlyAnswer {
     answer_now: Arc<AtomicBool>,
 }
 
+/// What a stream writes next (`Hub::next_for_stream`).
+#[derive(Debug)]
+pub enum StreamStep {
+    /// Events after the stream's cursor, ascending; with `missed`, some
+    /// after the cursor were dropped before they could be sent (announce
+    /// the gap before these).
+    Events {
+        events: Vec<Arc<Event>>,
+        missed: bool,
+    },
+    /// Events after the cursor were dropped and none after them is held.
+    Missed,
+    /// Nothing new until the heartbeat time.
+    Heartbeat,
+    /// One of the stream's channels was deleted.
+    Gone { channel: String },
+    /// Shutdown, `--max-stream-seconds`, or a request arrived behind it.
+    End,
+}
+
 impl Ticket {
+    /// Whether this is a stream's ticket.
+    pub fn is_stream(&self) -> bool {
+        self.stream
+    }
+
     /// A handle to answer this poll before its deadline.
     pub fn early_answer(&self) -> EarlyAnswer {
         EarlyAnswer {
@@ -265,6 +305,7 @@ impl Hub {
                     next_generation: 1,
                     next_waiter_id: 1,
                     waiters: 0,
+                    streams: 0,
                     peak_waiters: 0,
                     shutting_down: false,
                 }),
@@ -453,16 +494,18 @@ impl Hub {
         let future = spec.cursor > st.ids.horizon(wall_micros(SystemTime::now()));
         let cursor = if future { 0 } else { spec.cursor };
         let names: Vec<&str> = spec.channels.iter().map(String::as_str).collect();
-        let batch = st.read(&names, cursor, spec.limit);
-        let missed = batch.missed || future;
-        if !batch.events.is_empty() {
-            return Ok(PollStart::Now(Answer::Events {
-                events: batch.events,
-                missed,
-            }));
-        }
-        if future || spec.timeout.is_zero() {
-            return Ok(PollStart::Now(Answer::Empty { missed }));
+        if !spec.stream {
+            let batch = st.read(&names, cursor, spec.limit);
+            let missed = batch.missed || future;
+            if !batch.events.is_empty() {
+                return Ok(PollStart::Now(Answer::Events {
+                    events: batch.events,
+                    missed,
+                }));
+            }
+            if future || spec.timeout.is_zero() {
+                return Ok(PollStart::Now(Answer::Empty { missed }));
+            }
         }
         if st.waiters >= limits.max_waiters {
             drop(st);
@@ -508,17 +551,25 @@ impl Hub {
             channels.push((name, ch.generation));
         }
         st.waiters += 1;
+        st.streams += usize::from(spec.stream);
         st.peak_waiters = st.peak_waiters.max(st.waiters);
-        let hold = spec.timeout + jitter(spec.timeout);
+        let deadline = match (spec.stream, limits.max_stream) {
+            (false, _) => now + spec.timeout + jitter(spec.timeout),
+            (true, Some(max_stream)) => now + max_stream,
+            (true, None) => now + STREAM_FOREVER,
+        };
         Ok(PollStart::Wait(Ticket {
             hub: self.clone(),
             id,
             channels,
             cursor,
             limit: spec.limit,
-            deadline: now + hold,
+            deadline,
             condvar,
             answer_now: Arc::default(),
+            stream: spec.stream,
+            gap_pending: spec.stream && future,
+            gap_told_through: 0,
         }))
     }
 
@@ -565,6 +616,59 @@ impl Hub {
         };
         st.unregister(ticket);
         answer
+    }
+
+    /// What a stream writes next: the events after its cursor (advancing
+    /// it), a gap to announce, a heartbeat when nothing came by
+    /// `heartbeat_at`, or its end. Blocks until one of those; the stream
+    /// stays registered on its channels in between, so nothing published
+    /// while it writes is missed (the next call finds it).
+    pub fn next_for_stream(&self, ticket: &mut Ticket, heartbeat_at: Instant) -> StreamStep {
+        debug_assert!(ticket.stream);
+        let names: Vec<Arc<str>> = ticket.channels.iter().map(|(n, _)| n.clone()).collect();
+        let names: Vec<&str> = names.iter().map(|n| &**n).collect();
+        let mut st = self.shared.state.lock();
+        loop {
+            if st.shutting_down {
+                return StreamStep::End;
+            }
+            let deleted = ticket.channels.iter().find(|(name, generation)| {
+                st.channels.get(name).map(|c| c.generation) != Some(*generation)
+            });
+            if let Some((name, _)) = deleted {
+                return StreamStep::Gone {
+                    channel: name.to_string(),
+                };
+            }
+            let now = Instant::now();
+            self.expire(&mut st, now);
+            let batch = st.read(&names, ticket.cursor, ticket.limit);
+            // A gap is announced once: later reads below the same drops
+            // (several channels, a small limit) do not repeat it.
+            let new_gap = batch.missed && batch.dropped_through > ticket.gap_told_through;
+            let missed = new_gap || std::mem::take(&mut ticket.gap_pending);
+            ticket.gap_told_through = ticket.gap_told_through.max(batch.dropped_through);
+            if let Some(last) = batch.events.last() {
+                ticket.cursor = last.id;
+                return StreamStep::Events {
+                    events: batch.events,
+                    missed,
+                };
+            }
+            if missed {
+                ticket.cursor = ticket.cursor.max(batch.dropped_through);
+                return StreamStep::Missed;
+            }
+            if ticket.answer_now.load(Relaxed) || now >= ticket.deadline {
+                return StreamStep::End;
+            }
+            if now >= heartbeat_at {
+                return StreamStep::Heartbeat;
+            }
+            ticket
+                .condvar
+                .wait_until(&mut st, ticket.deadline.min(heartbeat_at));
+        }
     }
 
     /// Drops a channel's events and answers its waiters `410` (in memory
@@ -659,11 +763,12 @@ impl Hub {
     }
 
     pub fn stats(&self) -> Stats {
-        let (waiters, peak_waiters, channels, events_stored, stored_bytes, store) = {
+        let (waiters, streams, peak_waiters, channels, events_stored, stored_bytes, store) = {
             let mut st = self.shared.state.lock();
             self.expire(&mut st, Instant::now());
             (
                 st.waiters,
+                st.streams,
                 st.peak_waiters,
                 st.channels.len(),
                 st.stored_events,
@@ -678,6 +783,7 @@ impl Hub {
         let c = &self.shared.counters;
         Stats {
             waiters,
+            streams,
             max_waiters: self.shared.limits.max_waiters,
             peak_waiters,
             channels,
@@ -709,6 +815,7 @@ impl Drop for Ticket {
         let mut st = self.hub.shared.state.lock();
         st.unregister(self);
         st.waiters -= 1;
+        st.streams -= usize::from(self.stream);
     }
 }
 
@@ -863,9 +970,11 @@ impl State {
             if let Some(ch) = self.channels.get(*name) {
                 let batch = ch.read_after(cursor, limit);
                 merged.missed |= batch.missed;
+                merged.dropped_through = merged.dropped_through.max(batch.dropped_through);
                 merged.events.extend(batch.events);
             } else if let Some(dropped_through) = self.tombstones.get(*name) {
                 merged.missed |= *dropped_through > cursor;
+                merged.dropped_through = merged.dropped_through.max(*dropped_through);
             }
         }
         if names.len() > 1 {
@@ -1046,6 +1155,7 @@ mod tests {
             max_channels: 100,
             max_stored_bytes: 1 << 20,
             max_waiters: 2,
+            max_stream: None,
         }
     }
 
@@ -1055,6 +1165,7 @@ mod tests {
             cursor,
             timeout: Duration::from_secs(timeout_secs),
             limit: 100,
+            stream: false,
         }
     }
 
@@ -1344,5 +1455,59 @@ mod tests {
         }]));
         assert!(matches!(waiter.join().unwrap(), Answer::Gone { .. }));
         assert!(hub.channel_info("a").is_none());
+    }
+
+    /// A stream gets what follows its cursor in order and advances; a gap
+    /// is announced once, also when nothing after it is held; a cursor this
+    /// server cannot have issued is announced as a gap; the stream ends at
+    /// shutdown. It holds a slot, counted as a stream.
+    #[test]
+    fn a_stream_advances_and_announces_each_gap_once() {
+        let hub = Hub::new(HubLimits {
+            buffer_events: 2,
+            max_waiters: 4,
+            ..limits()
+        });
+        let first = hub.publish("a", "1").unwrap().id;
+        let ids: Vec<u64> = (2..=4)
+            .map(|n| hub.publish("a", &n.to_string()).unwrap().id)
+            .collect();
+        let mut poll = spec(&["a"], first, 60);
+        poll.stream = true;
+        let PollStart::Wait(mut ticket) = hub.begin_poll(&poll).unwrap() else {
+            panic!("a stream always waits");
+        };
+        assert_eq!(hub.stats().streams, 1);
+        let soon = Instant::now() + Duration::from_secs(60);
+        match hub.next_for_stream(&mut ticket, soon) {
+            StreamStep::Events { events, missed } => {
+                assert!(missed, "event {} was dropped", ids[0]);
+                assert_eq!(events.iter().map(|e| e.id).collect::<Vec<_>>(), ids[1..]);
+            }
+            other => panic!("{other:?}"),
+        }
+        // Nothing new: a heartbeat when due, and no second gap.
+        assert!(matches!(
+            hub.next_for_stream(&mut ticket, Instant::now()),
+            StreamStep::Heartbeat
+        ));
+
+        // A cursor this server cannot have issued: what is held, after a gap.
+        let mut poll = spec(&["a"], crate::hub::event::MAX_EVENT_ID, 60);
+        poll.stream = true;
+        let PollStart::Wait(mut future) = hub.begin_poll(&poll).unwrap() else {
+            panic!("a stream always waits");
+        };
+        match hub.next_for_stream(&mut future, soon) {
+            StreamStep::Events { missed, .. } => assert!(missed, "a cursor from elsewhere"),
+            other => panic!("{other:?}"),
+        }
+        hub.shut_down();
+        assert!(matches!(
+            hub.next_for_stream(&mut ticket, soon),
+            StreamStep::End
+        ));
+        drop((ticket, future));
+        assert_eq!(hub.stats().streams, 0);
     }
 }

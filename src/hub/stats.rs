@@ -12,8 +12,10 @@ use serde::Serialize;
 /// A snapshot of the server's state and counters.
 #[derive(Debug, Clone, Serialize)]
 pub struct Stats {
-    /// Polls holding a wait slot now.
+    /// Polls and streams holding a wait slot now.
     pub waiters: usize,
+    /// Of those, open Server-Sent Event streams.
+    pub streams: usize,
     pub max_waiters: usize,
     /// Most polls that held a slot at once since start.
     pub peak_waiters: usize,
@@ -91,8 +93,14 @@ impl Stats {
         metric(
             "waiters",
             "gauge",
-            "Polls holding a wait slot.",
+            "Polls and streams holding a wait slot.",
             n(self.waiters),
+        );
+        metric(
+            "streams",
+            "gauge",
+            "Open Server-Sent Event streams (each holds a wait slot).",
+            n(self.streams),
         );
         metric(
             "max_waiters",

@@ -535,6 +535,7 @@ mod tests {
             max_channels: 100,
             max_stored_bytes: 1 << 20,
             max_waiters: 10,
+            max_stream: None,
         }
     }
 
