@@ -242,6 +242,49 @@ fn the_api_works_through_the_nginx_front() {
     drop(held);
 }
 
+/// A Server-Sent Events stream passes through the front unbuffered: an event
+/// published while the stream is open reaches the client at once, not when
+/// a buffer fills or the stream ends.
+#[test]
+#[cfg_attr(
+    not(abide_nginx),
+    ignore = "needs nginx (apt-get install nginx-light; .ci/run installs it)"
+)]
+fn a_stream_passes_through_the_nginx_front_unbuffered() {
+    let abide = abide();
+    let front = Nginx::start(abide.addr);
+    let held = front.publish("live", "1");
+    let mut stream = TcpStream::connect(front.addr).unwrap();
+    stream
+        .write_all(
+            b"GET /channels/live/events HTTP/1.1\r\nHost: front\r\nAccept: text/event-stream\r\n\r\n",
+        )
+        .unwrap();
+    let mut seen = Vec::new();
+    let mut read_until = |needle: &str| -> String {
+        let deadline = std::time::Instant::now() + HANG_GUARD;
+        while !String::from_utf8_lossy(&seen).contains(needle) {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            assert!(
+                !left.is_zero(),
+                "no {needle:?} through the front: {:?}",
+                String::from_utf8_lossy(&seen)
+            );
+            stream.set_read_timeout(Some(left)).unwrap();
+            let mut chunk = [0u8; 4096];
+            match std::io::Read::read(&mut stream, &mut chunk) {
+                Ok(0) | Err(_) => panic!("the stream ended: {:?}", String::from_utf8_lossy(&seen)),
+                Ok(n) => seen.extend_from_slice(&chunk[..n]),
+            }
+        }
+        String::from_utf8_lossy(&seen).to_lowercase()
+    };
+    let text = read_until(&format!("id: {held}\n"));
+    assert!(text.contains("content-type: text/event-stream"), "{text}");
+    let next = front.publish("live", "2");
+    read_until(&format!("id: {next}\n"));
+}
+
 /// What tiny_http cannot bound is refused by nginx (an HTTP/2.0 request line, huge or endless headers, a dribbled header, a huge body, too many requests from one address), and abide's threads, descriptors and memory come back to where they were.
 #[test]
 #[cfg_attr(
