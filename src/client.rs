@@ -1,7 +1,8 @@
 //! A blocking client for abide that follows the long-polling rules.
 //!
-//! Owns `Client` (publish, one poll), `Backoff` (exponential, full jitter)
-//! and `Watcher` (the poll loop: cursor, cursor file, retries, gaps). It is
+//! Owns `Client` (publish, one poll, one Server-Sent Events stream),
+//! `Backoff` (exponential, full jitter) and `Watcher` (the poll or stream
+//! loop: cursor, cursor file, retries, gaps). It is
 //! what `abide publish` and `abide watch` use, and a Rust program can use it
 //! too. It never runs inside the server; it runs on the caller's thread and
 //! blocks in HTTP calls (ureq, one keep-alive connection reused) and backoff
@@ -15,7 +16,7 @@
 
 use std::fmt;
 use std::fs;
-use std::io::Write;
+use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -29,6 +30,10 @@ use crate::shutdown::Shutdown;
 pub const READ_MARGIN: Duration = Duration::from_secs(10);
 /// Largest answer body the client reads (1000 events of 64 KiB fit).
 const MAX_ANSWER_BYTES: u64 = 128 * 1024 * 1024;
+/// A stream is reopened after this many `--timeout`s at the latest.
+const STREAM_OPEN_TIMEOUTS: u32 = 10;
+/// Longest line of a stream the client reads (an event of 16 MiB fits).
+const MAX_STREAM_LINE_BYTES: u64 = 32 * 1024 * 1024;
 /// Longest `Retry-After` honoured.
 const MAX_RETRY_AFTER: Duration = Duration::from_secs(300);
 
@@ -96,6 +101,17 @@ impl Batch {
     pub fn last_id(&self) -> Option<u64> {
         self.events.last().and_then(|e| e["id"].as_u64())
     }
+}
+
+/// One message of a Server-Sent Events stream (`Client::stream`).
+#[derive(Debug, Clone, PartialEq)]
+pub enum StreamMessage {
+    /// An event: the event object, as a poll answer holds it.
+    Event(Value),
+    /// Events after the cursor were dropped before they could be sent.
+    Missed,
+    /// The channel was deleted; the stream ends.
+    Gone(String),
 }
 
 /// A connection to one abide server.
@@ -176,6 +192,118 @@ impl Client {
                 missed,
             }),
             _ => Err(status_error(status, &body, None)),
+        }
+    }
+
+    /// Opens a Server-Sent Events stream of `channels` after `cursor` and
+    /// hands each message to `each`, until the server ends the stream, `each`
+    /// fails, or `max_open` passes (a connection that went silent is noticed
+    /// then; the caller reopens the stream from its cursor).
+    pub fn stream(
+        &self,
+        channels: &[String],
+        cursor: u64,
+        max_open: Duration,
+        each: &mut dyn FnMut(StreamMessage) -> Result<(), ClientError>,
+    ) -> Result<(), ClientError> {
+        let mut query = form_urlencoded::Serializer::new(String::new());
+        query.append_pair("last_event_id", &cursor.to_string());
+        let url = match channels {
+            [one] => format!("{}/channels/{one}/events?{}", self.base_url, query.finish()),
+            many => {
+                query.append_pair("channels", &many.join(","));
+                format!("{}/events?{}", self.base_url, query.finish())
+            }
+        };
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_connect(Some(Duration::from_secs(10)))
+            .timeout_send_request(Some(Duration::from_secs(30)))
+            .timeout_recv_response(Some(Duration::from_secs(30)))
+            .timeout_recv_body(Some(max_open))
+            .build()
+            .into();
+        let result = agent.get(&url).header("Accept", "text/event-stream").call();
+        let response = match result {
+            Ok(response) if response.status() == 200 => response,
+            other => {
+                let (status, _, body) = read_answer(other)?;
+                return Err(status_error(status, &body, None));
+            }
+        };
+        let event_stream = response
+            .headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.starts_with("text/event-stream"));
+        if !event_stream {
+            return Err(ClientError::BadAnswer(
+                "the server answered a stream request with something else".into(),
+            ));
+        }
+        let mut reader = BufReader::new(response.into_body().into_reader());
+        let mut fields = SseFields::default();
+        let mut line = Vec::new();
+        loop {
+            line.clear();
+            let read = (&mut reader)
+                .take(MAX_STREAM_LINE_BYTES)
+                .read_until(b'\n', &mut line);
+            match read {
+                Ok(0) => return Ok(()),
+                Ok(_) if !line.ends_with(b"\n") => {
+                    return Err(ClientError::BadAnswer("a stream line is too long".into()));
+                }
+                Ok(_) => {}
+                // The server went away, or `max_open` passed: reopen.
+                Err(_) => return Ok(()),
+            }
+            let text = String::from_utf8_lossy(&line);
+            let text = text.trim_end_matches(['\n', '\r']);
+            if text.is_empty() {
+                if let Some(message) = fields.take()? {
+                    each(message)?;
+                }
+                continue;
+            }
+            if text.starts_with(':') {
+                continue; // a heartbeat
+            }
+            let (field, value) = text.split_once(':').unwrap_or((text, ""));
+            let value = value.strip_prefix(' ').unwrap_or(value);
+            match field {
+                "event" => fields.event = Some(value.to_string()),
+                "data" => fields.data = Some(value.to_string()),
+                _ => {} // id (the data carries it), retry
+            }
+        }
+    }
+}
+
+/// The fields of the stream message being read.
+#[derive(Default)]
+struct SseFields {
+    event: Option<String>,
+    data: Option<String>,
+}
+
+impl SseFields {
+    /// The message the fields make (at a blank line), and a fresh start.
+    fn take(&mut self) -> Result<Option<StreamMessage>, ClientError> {
+        let SseFields { event, data } = std::mem::take(self);
+        let parse = |data: Option<String>| -> Result<Value, ClientError> {
+            serde_json::from_str(data.as_deref().unwrap_or(""))
+                .map_err(|e| ClientError::BadAnswer(format!("stream data: {e}")))
+        };
+        match event.as_deref() {
+            None | Some("message") if data.is_none() => Ok(None),
+            None | Some("message") => Ok(Some(StreamMessage::Event(parse(data)?))),
+            Some("missed") => Ok(Some(StreamMessage::Missed)),
+            Some("gone") => {
+                let channel = parse(data)?["channel"].as_str().unwrap_or("").to_string();
+                Ok(Some(StreamMessage::Gone(channel)))
+            }
+            Some(_) => Ok(None),
         }
     }
 }
@@ -284,6 +412,8 @@ pub struct WatchOptions {
     pub cursor_file: Option<PathBuf>,
     pub timeout: Duration,
     pub limit: usize,
+    /// Read a Server-Sent Events stream instead of polling.
+    pub stream: bool,
     pub backoff_initial: Duration,
     pub backoff_max: Duration,
 }
@@ -349,6 +479,62 @@ impl Watcher {
         self.delivery.clone()
     }
 
+    /// One stream, read until it ends: each event is delivered alone and
+    /// the cursor saved after it; a gap is noted; a deleted channel is an
+    /// error, as a `410` is for a poll.
+    fn stream_once(
+        &mut self,
+        deliver: &mut dyn FnMut(&Batch) -> std::io::Result<()>,
+        note: &mut dyn FnMut(Note<'_>),
+    ) -> Result<Batch, ClientError> {
+        let Watcher {
+            options,
+            client,
+            cursor,
+            delivery,
+            ..
+        } = self;
+        // A silent connection (no heartbeat) is noticed by this bound.
+        let max_open = options.timeout * STREAM_OPEN_TIMEOUTS;
+        let from = *cursor;
+        let mut each = |message: StreamMessage| -> Result<(), ClientError> {
+            match message {
+                StreamMessage::Event(event) => {
+                    let id = event["id"].as_u64().ok_or_else(|| {
+                        ClientError::BadAnswer("a stream event without an id".into())
+                    })?;
+                    let _delivering = delivery.lock();
+                    let batch = Batch {
+                        events: vec![event],
+                        missed: false,
+                    };
+                    deliver(&batch).map_err(|e| ClientError::BadAnswer(format!("output: {e}")))?;
+                    *cursor = id;
+                    if let Some(path) = &options.cursor_file {
+                        write_cursor(path, id).map_err(|e| {
+                            ClientError::BadAnswer(format!("cursor file {}: {e}", path.display()))
+                        })?;
+                    }
+                    Ok(())
+                }
+                StreamMessage::Missed => {
+                    note(Note::Missed { cursor: *cursor });
+                    Ok(())
+                }
+                StreamMessage::Gone(channel) => Err(ClientError::Status {
+                    status: 410,
+                    message: format!("channel {channel} was deleted"),
+                    retry_after: None,
+                }),
+            }
+        };
+        client.stream(&options.channels, from, max_open, &mut each)?;
+        Ok(Batch {
+            events: Vec::new(),
+            missed: false,
+        })
+    }
+
     /// One poll, no retry: the batch is delivered to `deliver` and the cursor
     /// saved before it returns.
     pub fn poll_once(
@@ -394,7 +580,12 @@ impl Watcher {
         note: &mut dyn FnMut(Note<'_>),
     ) -> WatchEnd {
         while !stop.is_triggered() {
-            match self.poll_once(deliver, note) {
+            let outcome = if self.options.stream {
+                self.stream_once(deliver, note)
+            } else {
+                self.poll_once(deliver, note)
+            };
+            match outcome {
                 Ok(_) => self.backoff.reset(),
                 Err(error) if error.is_retryable() => {
                     // Next time, a fresh connection: the failed one may lead

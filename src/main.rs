@@ -64,6 +64,9 @@ struct Watch {
     /// one poll, print, exit: 0 with events, 3 when none came before the timeout
     #[argh(switch)]
     once: bool,
+    /// read a Server-Sent Events stream instead of polling (reopened from the cursor whenever it ends, and at least every 10 x --timeout)
+    #[argh(switch)]
+    stream: bool,
 }
 
 const DEFAULT_URL: &str = "http://127.0.0.1:8080";
@@ -287,6 +290,10 @@ fn watch_command(args: Watch) -> ExitCode {
         eprintln!("abide watch: name at least one channel");
         return ExitCode::from(2);
     }
+    if args.once && args.stream {
+        eprintln!("abide watch: --once polls once; it does not go with --stream");
+        return ExitCode::from(2);
+    }
     let options = WatchOptions {
         base_url: args.url,
         channels: args.channels,
@@ -294,6 +301,7 @@ fn watch_command(args: Watch) -> ExitCode {
         cursor_file: args.cursor_file,
         timeout: Duration::from_secs(args.timeout),
         limit: args.limit,
+        stream: args.stream,
         backoff_initial: Duration::from_millis(500),
         backoff_max: Duration::from_secs(30),
     };

@@ -23,6 +23,7 @@ fn options(server: SocketAddr, channels: &[&str]) -> WatchOptions {
         cursor_file: None,
         timeout: Duration::from_secs(5),
         limit: 100,
+        stream: false,
         backoff_initial: Duration::from_millis(20),
         backoff_max: Duration::from_millis(160),
     }

@@ -8,7 +8,7 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
-use common::{HANG_GUARD, TestServer, config, start_with, wait_until};
+use common::{Abide, HANG_GUARD, TempDir, TestServer, config, start_with, wait_until};
 use serde_json::Value;
 
 /// One message of a stream: its fields, or a comment.
@@ -364,4 +364,72 @@ fn streams_carry_cors_and_plain_gets_stay_long_polls() {
     wait_until("the stream to be counted", || {
         server.stats()["streams"] == 1
     });
+}
+
+/// `abide watch --stream` prints each event once, in order, as it comes,
+/// keeps its cursor file, tells of a gap on stderr, resumes from the cursor
+/// file when started again, and exits with an error when the channel is
+/// deleted.
+#[test]
+fn watch_stream_prints_each_event_once_and_resumes() {
+    let server = server(|c| c.buffer_events = 3);
+    let dir = TempDir::new("watch-stream");
+    let cursor_file = dir.path().join("cursor");
+    let url = format!("http://{}", server.addr);
+    let watch = || {
+        Abide::spawn(&[
+            "watch",
+            "--stream",
+            "--url",
+            &url,
+            "--cursor-file",
+            cursor_file.to_str().unwrap(),
+            "--timeout",
+            "5",
+            "news",
+        ])
+    };
+    let mut watcher = watch();
+    server.wait_for_stat("streams", |n| n == 1);
+    let first: Vec<u64> = (0..2)
+        .map(|n| server.publish("news", &n.to_string()))
+        .collect();
+    let printed: Vec<u64> = (0..2)
+        .map(|_| {
+            let line = watcher.next_stdout_line("an event");
+            serde_json::from_str::<Value>(&line).unwrap()["id"]
+                .as_u64()
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(printed, first);
+    watcher.signal(libc::SIGTERM);
+    assert!(watcher.wait_exit().success());
+    assert_eq!(
+        abide::client::read_cursor(&cursor_file),
+        Ok(first[1]),
+        "the cursor file follows the stream"
+    );
+
+    // Five more while it is stopped: two of them fall out of the buffer.
+    let later: Vec<u64> = (0..5)
+        .map(|n| server.publish("news", &n.to_string()))
+        .collect();
+    let mut watcher = watch();
+    let printed: Vec<u64> = (0..3)
+        .map(|_| {
+            let line = watcher.next_stdout_line("an event after the restart");
+            serde_json::from_str::<Value>(&line).unwrap()["id"]
+                .as_u64()
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(printed, later[2..], "resumed from the cursor file");
+    watcher.next_line("the gap notice", |l| l.contains("dropped"));
+
+    assert_eq!(server.delete("/channels/news").status, 204);
+    let status = watcher.wait_exit();
+    assert!(!status.success(), "a deleted channel ends the watch");
+    let stderr = watcher.rest_of_stderr().concat();
+    assert!(stderr.contains("news was deleted"), "{stderr}");
 }
