@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 /// Whole-script hang guard; a pass takes about 5 seconds.
 const SCRIPT_DEADLINE: Duration = Duration::from_secs(180);
 
-/// Two browser tabs chat through the demo page, markup in a message stays text, and the page reconnects by itself after a server restart.
+/// Two browser tabs chat through the demo page over Server-Sent Events, markup in a message stays text, EventSource resumes by itself after a server restart with nothing missed or repeated (a durable data directory), a gap is shown, and the long-poll fallback works.
 #[test]
 #[cfg_attr(
     not(abide_browser),

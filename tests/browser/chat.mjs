@@ -2,16 +2,20 @@
 //
 //   node tests/browser/chat.mjs PATH/TO/abide [SCREENSHOT.png]
 //
-// Starts the real binary on a loopback port, opens the chat in two pages and
-// checks: a message sent in one appears in the other within 2 s; a message
-// with markup shows as text and runs nothing; after a server restart on the
-// same port the pages go "reconnecting" then "live" by themselves and a new
-// message still arrives; the gap note shows when the buffer dropped messages.
+// Starts the real binary on a loopback port with a data directory, opens the
+// chat in two pages (Server-Sent Events through EventSource) and checks: a
+// message sent in one appears in the other within 2 s; a message with markup
+// shows as text and runs nothing; after a server restart on the same port
+// and directory the pages go "reconnecting" then "live" by themselves, and
+// EventSource resumes with Last-Event-ID: messages published before they
+// reconnect arrive, each once, with no gap; the gap note shows when the
+// buffer dropped messages; a page forced to long polling works too.
 // Writes a screenshot and prints its path. Exits non-zero on any failure.
 // Environment: ABIDE_CHROMIUM (default /usr/bin/chromium, else `chromium` on PATH).
 
 import { spawn, execFileSync } from "node:child_process";
-import { existsSync, mkdirSync } from "node:fs";
+import { existsSync, mkdirSync, mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
 import { dirname, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 import { chromium } from "playwright-core";
@@ -96,10 +100,24 @@ for (const sig of ["SIGINT", "SIGTERM"]) process.on(sig, () => { killServers(); 
 
 // ------------------------------------------------------------------ the page
 
-async function openChat(browser, base, name) {
+async function openChat(browser, base, name, query = "") {
   const context = await browser.newContext({ viewport: { width: 960, height: 600 } });
   await context.addInitScript(() => document.addEventListener("securitypolicyviolation",
     (e) => (window.__csp ||= []).push(`${e.violatedDirective} ${e.blockedURI}`)));
+  // Records what each EventSource receives: a resumed stream that repeats
+  // an id did not resume from Last-Event-ID.
+  await context.addInitScript(() => {
+    const Native = window.EventSource;
+    if (!Native) return;
+    window.__sse = { created: 0, ids: [] };
+    window.EventSource = class extends Native {
+      constructor(...args) {
+        super(...args);
+        window.__sse.created += 1;
+        this.addEventListener("message", (m) => window.__sse.ids.push(Number(m.lastEventId)));
+      }
+    };
+  });
   const page = await context.newPage();
   page.problems = [];
   page.on("pageerror", (err) => page.problems.push(`page error: ${err.message}`));
@@ -109,7 +127,7 @@ async function openChat(browser, base, name) {
       page.problems.push(`console: ${msg.text()}`);
     }
   });
-  await page.goto(`http://${base}/`);
+  await page.goto(`http://${base}/${query}`);
   await page.fill("#name", name);
   await waitState(page, "live", WAIT);
   return page;
@@ -153,10 +171,25 @@ function check(ok, what) {
 
 // ------------------------------------------------------------------ the test
 
+// The ids a page shows, in order.
+function shownIds(page) {
+  return page.$$eval("#messages li:not(.empty)", (items) => items.map((li) => Number(li.dataset.id)));
+}
+
+async function publish(addr, text) {
+  const res = await fetch(`http://${addr}/channels/chat/events`, {
+    method: "POST", headers: { "Content-Type": "application/json" },
+    body: JSON.stringify({ name: "sensor", text }),
+  });
+  check(res.status === 201, `publish from the test: ${res.status}`);
+}
+
 let server;
 let browser;
+const dataDir = mkdtempSync(resolve(tmpdir(), "abide-browser-"));
+process.on("exit", () => rmSync(dataDir, { recursive: true, force: true }));
 try {
-  server = await startServer("127.0.0.1:0");
+  server = await startServer("127.0.0.1:0", ["--data-dir", dataDir]);
   const addr = server.addr;
   step(`abide listening on http://${addr} (pid ${server.pid})`);
 
@@ -169,12 +202,16 @@ try {
   step(`chromium ${browser.version()}`);
   const alice = await openChat(browser, addr, "alice");
   const bob = await openChat(browser, addr, "bob");
-  step("two pages live");
+  for (const page of [alice, bob]) {
+    const transport = await page.evaluate(() => document.body.dataset.transport);
+    check(transport === "stream", `the page uses ${transport}, not EventSource`);
+  }
+  step("two pages live, on Server-Sent Events");
 
   // 1. A message typed in one page appears in the other within 2 s.
   let t0 = Date.now();
-  await send(alice, "Hi Bob, this travels by long polling.");
-  await waitMessage(bob, "Hi Bob, this travels by long polling.", DELIVERY - (Date.now() - t0));
+  await send(alice, "Hi Bob, this travels by Server-Sent Events.");
+  await waitMessage(bob, "Hi Bob, this travels by Server-Sent Events.", DELIVERY - (Date.now() - t0));
   step(`alice -> bob in ${Date.now() - t0} ms`);
   t0 = Date.now();
   await send(bob, "Got it, no WebSocket needed.");
@@ -206,10 +243,27 @@ try {
   step("server stopped (SIGTERM, exit 0)");
   await Promise.all([waitState(alice, "reconnecting", WAIT), waitState(bob, "reconnecting", WAIT)]);
   step("both pages show reconnecting");
-  server = await startServer(addr, ["--buffer", "8"]);
-  step(`server started again on ${server.addr} (pid ${server.pid})`);
+  const before = await shownIds(alice);
+  server = await startServer(addr, ["--buffer", "8", "--data-dir", dataDir]);
+  step(`server started again on ${server.addr} (pid ${server.pid}), same data directory`);
+  // Published before the pages are back (EventSource waits retry: 2 s).
+  for (let i = 1; i <= 3; i++) await publish(addr, `while you were away ${i}`);
   await Promise.all([waitState(alice, "live", WAIT), waitState(bob, "live", WAIT)]);
   step("both pages live again");
+  for (const [who, page] of [["alice", alice], ["bob", bob]]) {
+    await waitMessage(page, "while you were away 3", WAIT);
+    const ids = await shownIds(page);
+    check(new Set(ids).size === ids.length, `${who}: a message shown twice: ${ids}`);
+    check(ids.every((id, i) => i === 0 || ids[i - 1] < id), `${who}: out of order: ${ids}`);
+    check(await page.locator("#missed").isHidden(), `${who}: a gap was announced, but nothing was lost`);
+  }
+  check((await shownIds(alice)).length === before.length + 3, "alice: not exactly the three new messages");
+  for (const [who, page] of [["alice", alice], ["bob", bob]]) {
+    const sse = await page.evaluate(() => window.__sse);
+    check(sse.created === 1, `${who}: ${sse.created} EventSources; the first should have reconnected by itself`);
+    check(new Set(sse.ids).size === sse.ids.length, `${who}: the stream repeated ids after reconnecting: ${sse.ids}`);
+  }
+  step("EventSource resumed after the restart: every message once, no gap");
   t0 = Date.now();
   await send(bob, "Still here after the restart.");
   await waitMessage(alice, "Still here after the restart.", DELIVERY);
@@ -231,13 +285,7 @@ try {
   step(`screenshot: ${screenshot}`);
 
   // 4. A page that starts after the buffer dropped messages says so.
-  for (let i = 1; i <= 10; i++) {
-    const res = await fetch(`http://${addr}/channels/chat/events`, {
-      method: "POST", headers: { "Content-Type": "application/json" },
-      body: JSON.stringify({ name: "sensor", text: `reading ${i}` }),
-    });
-    check(res.status === 201, `publish from the test: ${res.status}`);
-  }
+  for (let i = 1; i <= 10; i++) await publish(addr, `reading ${i}`);
   const carol = await openChat(browser, addr, "carol");
   await waitMessage(carol, "reading 10", WAIT);
   await carol.locator("#missed").waitFor({ state: "visible", timeout: WAIT });
@@ -245,11 +293,22 @@ try {
   check(shown === 8, `a fresh page shows ${shown} messages, expected the buffer's 8`);
   step("a fresh page shows the buffer's 8 messages and the gap note");
 
-  for (const page of [alice, bob, carol]) {
+  // 5. A page forced to long polling (what a browser without EventSource
+  // gets) chats too.
+  const dave = await openChat(browser, addr, "dave", "?transport=poll");
+  check(await dave.evaluate(() => document.body.dataset.transport) === "poll", "dave is not polling");
+  t0 = Date.now();
+  await send(dave, "Polling still works.");
+  await waitMessage(alice, "Polling still works.", DELIVERY);
+  await send(alice, "And back to the poller.");
+  await waitMessage(dave, "And back to the poller.", DELIVERY);
+  step(`a long-polling page and a streaming page chat (${Date.now() - t0} ms)`);
+
+  for (const page of [alice, bob, carol, dave]) {
     const csp = await page.evaluate(() => window.__csp || []);
     page.problems.push(...csp.map((v) => `CSP violation: ${v}`));
   }
-  const problems = [alice, bob, carol].flatMap((p) => p.problems);
+  const problems = [alice, bob, carol, dave].flatMap((p) => p.problems);
   check(problems.length === 0, `problems in the pages:\n${problems.join("\n")}`);
 
   await browser.close();
