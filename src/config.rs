@@ -201,6 +201,15 @@ impl Config {
                 self.max_pipelined_bytes
             ));
         }
+        if !(1..=3600).contains(&self.sse_heartbeat.as_secs()) {
+            return fail(format!(
+                "--sse-heartbeat must be between 1 and 3600 seconds, got {}",
+                self.sse_heartbeat.as_secs()
+            ));
+        }
+        if self.max_stream.is_some_and(|m| m.is_zero()) {
+            return fail("--max-stream-seconds must be at least 1 (or absent)".into());
+        }
         if self
             .data_dir
             .as_ref()
@@ -280,5 +289,26 @@ mod tests {
             ..Config::default()
         };
         assert!(config.check().unwrap_err().0.contains("--cors-origin"));
+    }
+
+    /// Stream settings out of range are refused, naming their flags.
+    #[test]
+    fn stream_settings_out_of_range_are_refused() {
+        let config = Config {
+            sse_heartbeat: Duration::ZERO,
+            ..Config::default()
+        };
+        assert!(config.check().unwrap_err().0.contains("--sse-heartbeat"));
+        let config = Config {
+            max_stream: Some(Duration::ZERO),
+            ..Config::default()
+        };
+        assert!(
+            config
+                .check()
+                .unwrap_err()
+                .0
+                .contains("--max-stream-seconds")
+        );
     }
 }

@@ -241,7 +241,8 @@ fn print_startup_line(c: &Config, addr: SocketAddr) {
     eprintln!(
         "abide {} listening on http://{addr} (max-waiters {}, timeout {}s default / {}s max, \
          buffer {} events, max-event-bytes {}, max-channels {}, max-stored-bytes {}, \
-         idle-timeout {}s, write-timeout {}s, max-writers {}, event-ttl {}, cors {}, demo {}); {}",
+         idle-timeout {}s, write-timeout {}s, max-writers {}, event-ttl {}, sse-heartbeat {}s, \
+         max-stream {}, cors {}, demo {}); {}",
         env!("CARGO_PKG_VERSION"),
         c.max_waiters,
         c.default_timeout.as_secs(),
@@ -254,6 +255,9 @@ fn print_startup_line(c: &Config, addr: SocketAddr) {
         c.write_timeout.as_secs(),
         c.max_writers,
         c.event_ttl
+            .map_or("off".to_string(), |t| format!("{}s", t.as_secs())),
+        c.sse_heartbeat.as_secs(),
+        c.max_stream
             .map_or("off".to_string(), |t| format!("{}s", t.as_secs())),
         c.cors_origin.as_deref().unwrap_or("off"),
         if c.demo { "on" } else { "off" },
