@@ -1,7 +1,9 @@
 //! The benchmark harness: abide side by side with an async variant (tokio +
 //! hyper, current-thread and 2-worker multi-thread runtimes) and, when
 //! installed, Nchan, in five scenarios (hold, fan-out, throughput, immediate
-//! polls, a Raspberry-Pi-sized profile), and a sixth for abide alone
+//! polls, a Raspberry-Pi-sized profile; the fan-out also with Server-Sent
+//! Events streams for abide and Nchan, and their memory per open stream),
+//! and a sixth for abide alone
 //! (durability: publishing into memory, SQLite `--sync normal` and
 //! `--sync full`). Writes BENCHMARKS.md and the SVG plots under docs/bench/
 //! (full mode) or target/bench-quick/ (quick mode).
@@ -27,7 +29,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use report::{Meta, Results};
-use scenarios::Ctx;
+use scenarios::{Ctx, Transport};
 use servers::{ABIDE_DEFAULT_MAX_WAITERS, Kind, Launch, Store};
 
 struct Plan {
@@ -104,6 +106,7 @@ fn main() {
     let _ = rlimit::increase_nofile_limit(u64::MAX);
     let plan = plan();
     // `BENCH_SCENARIOS=2,3` runs only those (for development); default all.
+    // `2` includes the stream rows; `2s` runs those alone.
     let only = std::env::var("BENCH_SCENARIOS").ok();
     let wanted = |s: &str| {
         only.as_deref()
@@ -144,6 +147,8 @@ fn main() {
         kinds: kinds.clone(),
         hold: Vec::new(),
         fanout: Vec::new(),
+        stream_fanout: Vec::new(),
+        stream_hold: Vec::new(),
         throughput: Vec::new(),
         immediate: Vec::new(),
         pi_hold: Vec::new(),
@@ -169,8 +174,12 @@ fn main() {
             r.hold.push((k, row));
         }
     }
-    for &n in plan.fanout_ns.iter().filter(|_| wanted("2")) {
-        for &k in &kinds {
+    // Scenario 2: per N, the long polls of every server, then the streams of
+    // those that stream (`BENCH_SCENARIOS=2s`: the streams alone).
+    let streams_wanted = wanted("2") || wanted("2s");
+    let stream_kinds: Vec<Kind> = kinds.iter().copied().filter(|k| k.streams()).collect();
+    for &n in plan.fanout_ns.iter().filter(|_| streams_wanted) {
+        for &k in kinds.iter().filter(|_| wanted("2")) {
             let row = scenarios::fanout(
                 &ctx,
                 &launch(k, ABIDE_DEFAULT_MAX_WAITERS, false),
@@ -188,6 +197,49 @@ fn main() {
                     .unwrap_or_default()
             );
             r.fanout.push((k, row));
+        }
+        for &k in stream_kinds.iter().filter(|_| streams_wanted) {
+            let row = scenarios::stream_fanout(
+                &ctx,
+                &launch(k, ABIDE_DEFAULT_MAX_WAITERS, false),
+                n,
+                plan.rounds,
+            );
+            eprintln!(
+                "2 streams  N={n:<5} {:<24} last {:.2} ms, publish {:.2} ms{}",
+                k.label(),
+                row.last_us / 1000.0,
+                row.publish_rtt_us / 1000.0,
+                row.error
+                    .as_ref()
+                    .map(|e| format!("  FAILED: {e}"))
+                    .unwrap_or_default()
+            );
+            r.stream_fanout.push((k, row));
+        }
+    }
+    // Memory per open stream beside memory per held poll, at abide's default
+    // --max-waiters, each server with both transports in turn.
+    for &k in stream_kinds.iter().filter(|_| streams_wanted) {
+        let n = ABIDE_DEFAULT_MAX_WAITERS;
+        for transport in [Transport::Poll, Transport::Stream] {
+            let l = launch(k, ABIDE_DEFAULT_MAX_WAITERS, false);
+            let row = match transport {
+                Transport::Poll => scenarios::hold(&ctx, &l, n, Duration::ZERO),
+                Transport::Stream => scenarios::stream_hold(&ctx, &l, n),
+            };
+            eprintln!(
+                "2 memory   N={n:<5} {:<24} {:<9} {:>6} KiB/waiter{}",
+                k.label(),
+                transport.label(),
+                row.per_waiter_kib()
+                    .map_or("-".into(), |v| format!("{v:.1}")),
+                row.error
+                    .as_ref()
+                    .map(|e| format!("  FAILED: {e}"))
+                    .unwrap_or_default()
+            );
+            r.stream_hold.push((k, transport, row));
         }
     }
     for &kk in plan.tp_ks.iter().filter(|_| wanted("3")) {

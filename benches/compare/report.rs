@@ -1,17 +1,22 @@
 //! BENCHMARKS.md: the machine line, the commands, the headline ratios, a table
 //! per scenario with every server side by side and abide's ratio to each (for
 //! scenario 6, abide's stores side by side and their ratio to memory), the
-//! memory breakdown of abide's held waiters, and the notes.
+//! memory breakdown of abide's held waiters, scenario 2's streams beside its
+//! long polls, and the notes.
 
 use std::fmt::Write as _;
 
-use crate::scenarios::{DurabilityRow, FanoutRow, HoldRow, ImmediateRow, ThroughputRow};
+use crate::scenarios::{DurabilityRow, FanoutRow, HoldRow, ImmediateRow, ThroughputRow, Transport};
 use crate::servers::{Kind, Store};
 
 pub struct Results {
     pub kinds: Vec<Kind>,
     pub hold: Vec<(Kind, HoldRow)>,
     pub fanout: Vec<(Kind, FanoutRow)>,
+    /// Scenario 2 with open Server-Sent Events streams (abide, Nchan).
+    pub stream_fanout: Vec<(Kind, FanoutRow)>,
+    /// Memory per open stream, and per held poll beside it (abide, Nchan).
+    pub stream_hold: Vec<(Kind, Transport, HoldRow)>,
     pub throughput: Vec<(Kind, ThroughputRow)>,
     pub immediate: Vec<(Kind, ImmediateRow)>,
     pub pi_hold: Vec<(Kind, HoldRow)>,
@@ -117,7 +122,7 @@ pub fn render(r: &Results, m: &Meta, notes: &str) -> String {
             Kind::AsyncCurrent => "the async variant (`benches/compare/async_server.rs`, tokio + hyper 1.x, same API subset and semantics, ring of 256 per channel) on a current-thread runtime".to_string(),
             Kind::AsyncMulti => "the same async variant on a multi-thread runtime with 2 workers".to_string(),
             Kind::Nchan => format!(
-                "Nchan: {} with one worker process, long-poll subscriber and publisher locations on loopback, `nchan_message_buffer_length 256` (config below)",
+                "Nchan: {} with one worker process, subscriber (long poll; EventSource for the stream rows) and publisher locations on loopback, `nchan_message_buffer_length 256` (config below)",
                 m.nchan.as_ref().map(String::as_str).unwrap_or("?")
             ),
         };
@@ -340,6 +345,7 @@ pub fn render(r: &Results, m: &Meta, notes: &str) -> String {
         m.rounds
     );
     fanout_table(&mut o, &r.fanout, &r.kinds);
+    streams_section(&mut o, r, m);
 
     // ---- scenario 3
     let _ = writeln!(
@@ -510,6 +516,9 @@ fn checks(r: &Results) -> Vec<String> {
                 ms(hi.last_us)
             )),
         }
+    }
+    if let Some(line) = streams_check(r) {
+        out.push(line);
     }
     if !r.durability.is_empty() {
         let failed: Vec<&DurabilityRow> = r.durability.iter().filter(|d| !d.ok()).collect();
@@ -1138,4 +1147,375 @@ fn pi_table(o: &mut String, hold: &[(Kind, HoldRow)], fan: &[(Kind, FanoutRow)],
         );
     }
     let _ = writeln!(o);
+}
+
+/// The check line for abide's streams: every event delivered to every open
+/// stream, once, in order.
+fn streams_check(r: &Results) -> Option<String> {
+    let fan: Vec<&FanoutRow> = r
+        .stream_fanout
+        .iter()
+        .filter(|(k, _)| *k == Kind::Abide)
+        .map(|(_, f)| f)
+        .collect();
+    let held: Vec<&HoldRow> = r
+        .stream_hold
+        .iter()
+        .filter(|(k, t, _)| *k == Kind::Abide && *t == Transport::Stream)
+        .map(|(_, _, h)| h)
+        .collect();
+    if fan.is_empty() && held.is_empty() {
+        return None;
+    }
+    let mut parts = Vec::new();
+    if !fan.is_empty() {
+        parts.push(format!(
+            "N = {} open streams each received every one of {} events once and in order",
+            fan.iter()
+                .map(|f| f.n.to_string())
+                .collect::<Vec<_>>()
+                .join(", "),
+            fan[0].rounds
+        ));
+    }
+    for h in &held {
+        parts.push(format!(
+            "{} of {} open streams delivered the event published to them",
+            h.answered, h.n
+        ));
+    }
+    let failed: Vec<String> = fan
+        .iter()
+        .filter_map(|f| f.error.clone())
+        .chain(held.iter().filter_map(|h| h.error.clone()))
+        .collect();
+    Some(format!(
+        "Streams: {}: **{}**.",
+        parts.join("; "),
+        if failed.is_empty() {
+            "pass".to_string()
+        } else {
+            format!("FAIL ({})", failed.join("; ").replace('|', "/"))
+        }
+    ))
+}
+
+/// Scenario 2's streams: the fan-out to N open Server-Sent Events streams
+/// beside the same servers' long polls, and memory per open stream beside
+/// memory per held poll.
+fn streams_section(o: &mut String, r: &Results, m: &Meta) {
+    let _ = writeln!(o, "### Streams (Server-Sent Events) beside long polls\n");
+    if r.stream_fanout.is_empty() && r.stream_hold.is_empty() {
+        let _ = writeln!(o, "Not run.\n");
+        return;
+    }
+    let kinds: Vec<Kind> = r.kinds.iter().copied().filter(|k| k.streams()).collect();
+    let skipped = r.kinds.iter().any(|k| !k.streams());
+    let mut ns: Vec<usize> = r.stream_fanout.iter().map(|(_, f)| f.n).collect();
+    ns.sort_unstable();
+    ns.dedup();
+    let list = |v: &[usize]| {
+        v.iter()
+            .map(|n| n.to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let rounds = r.stream_fanout.first().map_or(m.rounds, |(_, f)| f.rounds);
+    let _ = writeln!(
+        o,
+        "The same fan-out with N open streams instead of N held polls, for the servers that stream: {}{}. \
+         abide's stream is its poll route asked with `Accept: text/event-stream` \
+         (`GET /channels/fan/events?last_event_id=…`); Nchan's is its EventSource subscriber, the same `/sub/` \
+         location (it permits `longpoll eventsource`, config below) asked with `Accept: text/event-stream`. For each \
+         N ({}), every server started fresh: N connections each open one stream and read until its first message \
+         (abide's `retry:`, Nchan's `: hi` comment), so that it is known to be open; once the server counts N open \
+         streams (abide: `/stats` `streams`; Nchan: `subscribers` in its stub status), each of {rounds} rounds \
+         publishes one event carrying its send time, and each stream notes when that event's `data:` message has \
+         arrived whole. The streams stay open from round to round, and every stream must receive every round's \
+         event once and in order. Same figures as the table above (medians over the rounds; the publisher's worst \
+         round in brackets){}. Ratios: abide's stream figure ÷ the row's.\n",
+        kinds
+            .iter()
+            .map(|k| k.label())
+            .collect::<Vec<_>>()
+            .join(" and "),
+        if !skipped {
+            ""
+        } else {
+            "; the async variant has no streams and is left out of these rows"
+        },
+        list(&ns),
+        if r.fanout.is_empty() {
+            ""
+        } else {
+            "; the long-poll rows are that table's"
+        },
+    );
+    let poll = |k: Kind, n: usize| find(&r.fanout, k, |f| f.n == n);
+    let sse = |k: Kind, n: usize| find(&r.stream_fanout, k, |f| f.n == n);
+    if !ns.is_empty() {
+        header(
+            o,
+            &["N", "server", "transport"],
+            &kinds,
+            &[
+                "first",
+                "median",
+                "p99",
+                "last",
+                "last: abide SSE ÷ this",
+                "publisher round trip (worst)",
+                "round trip: abide SSE ÷ this",
+            ],
+        );
+        for &n in &ns {
+            let a = ok(sse(Kind::Abide, n));
+            for &k in &kinds {
+                for (t, f) in [
+                    (Transport::Poll, poll(k, n)),
+                    (Transport::Stream, sse(k, n)),
+                ] {
+                    let Some(f) = f else { continue };
+                    if f.error.is_some() {
+                        let _ = writeln!(
+                            o,
+                            "| {n} | {} | {} | {} | | | | | | |",
+                            k.label(),
+                            t.label(),
+                            fail(&f.error)
+                        );
+                        continue;
+                    }
+                    let me = k == Kind::Abide && t == Transport::Stream;
+                    let _ = writeln!(
+                        o,
+                        "| {n} | {} | {} | {} | {} | {} | {} | {} | {} ({}) | {} |",
+                        k.label(),
+                        t.label(),
+                        ms(f.first_us),
+                        ms(f.median_us),
+                        ms(f.p99_us),
+                        ms(f.last_us),
+                        if me {
+                            "1×".into()
+                        } else {
+                            ratio(a.map(|a| a.last_us), Some(f.last_us))
+                        },
+                        ms(f.publish_rtt_us),
+                        ms(f.publish_rtt_max_us),
+                        if me {
+                            "1×".into()
+                        } else {
+                            ratio(a.map(|a| a.publish_rtt_us), Some(f.publish_rtt_us))
+                        },
+                    );
+                }
+            }
+        }
+        let _ = writeln!(o);
+        // What the table says at the largest N, from this run's figures.
+        if let Some(&n) = ns.last()
+            && let Some(a) = ok(sse(Kind::Abide, n))
+        {
+            let mut line = format!(
+                "At N = {n}, the last of abide's streams had the event after {}",
+                ms(a.last_us)
+            );
+            let mut rtt = format!(
+                "the publisher's round trip was {} with streams",
+                ms(a.publish_rtt_us)
+            );
+            if let Some(p) = ok(poll(Kind::Abide, n)) {
+                let _ = write!(
+                    line,
+                    ", against {} for the last of its held polls (abide SSE ÷ abide poll: {})",
+                    ms(p.last_us),
+                    ratio(Some(a.last_us), Some(p.last_us))
+                );
+                let _ = write!(
+                    rtt,
+                    " and {} with polls (abide SSE ÷ abide poll: {})",
+                    ms(p.publish_rtt_us),
+                    ratio(Some(a.publish_rtt_us), Some(p.publish_rtt_us))
+                );
+            }
+            if let Some(nc) = ok(sse(Kind::Nchan, n)) {
+                let _ = write!(
+                    line,
+                    "{} {} for the last of Nchan's EventSource streams (abide SSE ÷ Nchan EventSource: {})",
+                    if ok(poll(Kind::Abide, n)).is_some() {
+                        " and"
+                    } else {
+                        ", against"
+                    },
+                    ms(nc.last_us),
+                    ratio(Some(a.last_us), Some(nc.last_us))
+                );
+                let _ = write!(
+                    rtt,
+                    "; Nchan's publisher waited {} with EventSource streams (abide SSE ÷ Nchan EventSource: {})",
+                    ms(nc.publish_rtt_us),
+                    ratio(Some(a.publish_rtt_us), Some(nc.publish_rtt_us))
+                );
+            }
+            let _ = writeln!(o, "{line}; {rtt}.\n");
+        }
+    }
+
+    // ---- memory per open stream
+    if r.stream_hold.is_empty() {
+        return;
+    }
+    let n = r.stream_hold[0].2.n;
+    let _ = writeln!(
+        o,
+        "Memory per open stream beside memory per held poll: N = {n} streams (polls) on one channel, each on its \
+         own connection, measured as in scenario 1 (VmRSS summed over the server's processes after the same light \
+         warm-up, then with all N open and counted by the server, 0.5 s later; the difference ÷ N; the kernel's \
+         figures machine-wide; no idle window), each row on a freshly started server. Then one publish, which every \
+         stream (poll) must deliver. Ratios: abide's figure per open stream ÷ the row's.\n"
+    );
+    header(
+        o,
+        &["server", "transport"],
+        &kinds,
+        &[
+            "per open stream or held poll (VmRSS)",
+            "abide SSE ÷ this",
+            "VmRSS before → with",
+            "threads before → with",
+            "KernelStack Δ per waiter",
+            "TCP mem Δ per waiter",
+            "delivered",
+        ],
+    );
+    let held = |k: Kind, t: Transport| {
+        r.stream_hold
+            .iter()
+            .find(|(kk, tt, _)| *kk == k && *tt == t)
+            .map(|(_, _, h)| h)
+    };
+    let a = held(Kind::Abide, Transport::Stream).and_then(HoldRow::per_waiter_kib);
+    for (k, t, h) in &r.stream_hold {
+        if h.error.is_some() && h.with.rss_kib == 0 {
+            let _ = writeln!(
+                o,
+                "| {} | {} | {} | | | | | | |",
+                k.label(),
+                t.label(),
+                fail(&h.error)
+            );
+            continue;
+        }
+        let per_n = |v: i64| format!("{:.1} KiB", v as f64 / h.n as f64);
+        let _ = writeln!(
+            o,
+            "| {} | {} | {} | {} | {:.1} → {:.1} MiB | {} → {} | {} | {} | {} of {}{} |",
+            k.label(),
+            t.label(),
+            h.per_waiter_kib().map_or("–".into(), kib),
+            if *k == Kind::Abide && *t == Transport::Stream {
+                "1×".into()
+            } else {
+                ratio(a, h.per_waiter_kib())
+            },
+            h.before.rss_kib as f64 / 1024.0,
+            h.with.rss_kib as f64 / 1024.0,
+            h.before.threads,
+            h.with.threads,
+            per_n(h.kernel_with.kernel_stack_kib - h.kernel_before.kernel_stack_kib),
+            per_n(h.kernel_with.tcp_mem_kib - h.kernel_before.tcp_mem_kib),
+            h.answered,
+            h.n,
+            if h.error.is_some() {
+                format!(" ({})", fail(&h.error))
+            } else {
+                String::new()
+            },
+        );
+    }
+    let _ = writeln!(o);
+    let abide_poll = held(Kind::Abide, Transport::Poll).filter(|h| h.error.is_none());
+    let abide_sse = held(Kind::Abide, Transport::Stream).filter(|h| h.error.is_none());
+    let nchan_sse = held(Kind::Nchan, Transport::Stream).filter(|h| h.error.is_none());
+    if let Some(s) = abide_sse.and_then(|h| h.per_waiter_kib().map(|v| (h, v))) {
+        let (h, v) = s;
+        let threads = (h.with.threads as f64 - h.before.threads as f64) / h.n as f64;
+        let mut line = format!(
+            "abide holds an open stream in {} of resident memory ({threads:.2} threads per stream)",
+            kib(v)
+        );
+        if let Some((p, pv)) = abide_poll.and_then(|p| p.per_waiter_kib().map(|v| (p, v))) {
+            let pthreads = (p.with.threads as f64 - p.before.threads as f64) / p.n as f64;
+            let _ = write!(
+                line,
+                ", a held poll in {} ({pthreads:.2} threads per poll): abide SSE ÷ abide poll {}",
+                kib(pv),
+                ratio(Some(v), Some(pv))
+            );
+        }
+        if let Some(nv) = nchan_sse.and_then(HoldRow::per_waiter_kib) {
+            let _ = write!(
+                line,
+                "; Nchan holds an EventSource stream in {}: abide SSE ÷ Nchan EventSource {}",
+                kib(nv),
+                ratio(Some(v), Some(nv))
+            );
+        }
+        let _ = writeln!(o, "{line}.\n");
+        if let Some(p) = abide_poll {
+            stream_breakdown_table(o, p, h);
+        }
+    }
+}
+
+/// Where abide's resident memory goes per held poll and per open stream,
+/// side by side (smaps, mappings told apart by size as in scenario 1).
+fn stream_breakdown_table(o: &mut String, poll: &HoldRow, stream: &HoldRow) {
+    if poll.smaps_with.is_empty() || stream.smaps_with.is_empty() {
+        return;
+    }
+    let _ = writeln!(
+        o,
+        "Where abide's resident memory goes, per held poll and per open stream (N = {}, from /proc/PID/smaps as \
+         in scenario 1; KiB per waiter):\n",
+        stream.n
+    );
+    let _ = writeln!(
+        o,
+        "| kind of mapping | Δ per held poll | Δ per open stream | mappings with N polls → with N streams |"
+    );
+    let _ = writeln!(o, "|---|---:|---:|---:|");
+    let mut keys: Vec<&&str> = poll
+        .smaps_with
+        .keys()
+        .chain(poll.smaps_before.keys())
+        .chain(stream.smaps_with.keys())
+        .chain(stream.smaps_before.keys())
+        .collect();
+    keys.sort();
+    keys.dedup();
+    let per = |h: &HoldRow, key: &str| {
+        let (b, _) = h.smaps_before.get(key).copied().unwrap_or_default();
+        let (w, _) = h.smaps_with.get(key).copied().unwrap_or_default();
+        (w as f64 - b as f64) / h.n as f64
+    };
+    let (mut tp, mut ts) = (0.0, 0.0);
+    for key in keys {
+        let (p, s) = (per(poll, key), per(stream, key));
+        tp += p;
+        ts += s;
+        let count = |h: &HoldRow| h.smaps_with.get(*key).map_or(0, |v| v.1);
+        let _ = writeln!(
+            o,
+            "| {key} | {p:.2} KiB | {s:.2} KiB | {} → {} |",
+            count(poll),
+            count(stream)
+        );
+    }
+    let _ = writeln!(o, "| **total** | **{tp:.2} KiB** | **{ts:.2} KiB** | |\n");
+}
+
+fn ok(f: Option<&FanoutRow>) -> Option<&FanoutRow> {
+    f.filter(|f| f.error.is_none())
 }

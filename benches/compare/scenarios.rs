@@ -11,9 +11,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::runtime::Runtime;
 use tokio::sync::{Semaphore, mpsc, watch};
 
-use crate::client::{Conn, numbers_after};
+use crate::client::{Conn, EventStream, numbers_after};
 use crate::procfs::{self, Kernel, ProcSample};
-use crate::servers::{BUFFER, Launch, NchanInstall, Server, Store};
+use crate::servers::{BUFFER, Cursor, Launch, NchanInstall, Server, Store};
 
 /// Longest a poll is held in any scenario (seconds, the `timeout` parameter).
 const HOLD_SECS: u64 = 110;
@@ -287,15 +287,39 @@ fn fanout_on(ctx: &Ctx, server: &Server, row: &mut FanoutRow) -> Result<(), Stri
         }));
     }
     drop(result_tx);
+    publish_rounds(ctx, server, row, &mut result_rx, |r| {
+        let _ = round_tx.send(r);
+        server.wait_for_waiters(n as u64, Duration::from_secs(30))
+    })?;
+    for t in tasks {
+        let _ = ctx.rt.block_on(t);
+    }
+    Ok(())
+}
+
+/// What a fan-out's subscribers report: (round, delay in µs or what failed).
+type RoundResult = (usize, Result<i64, String>);
+
+/// The publisher's side of a fan-out, for polls and streams alike: each
+/// round, `ready(round)` (returns once the N subscribers wait), one `POST`
+/// on a keep-alive connection carrying its send time, and the N
+/// subscribers' delays from `results`; then the medians over the rounds.
+fn publish_rounds(
+    ctx: &Ctx,
+    server: &Server,
+    row: &mut FanoutRow,
+    results: &mut mpsc::UnboundedReceiver<RoundResult>,
+    mut ready: impl FnMut(usize) -> Result<(), String>,
+) -> Result<(), String> {
+    let (n, rounds) = (row.n, row.rounds);
     let mut publisher = ctx
         .rt
-        .block_on(Conn::connect(addr))
+        .block_on(Conn::connect(server.addr))
         .map_err(|e| e.to_string())?;
     let mut per_round: Vec<[f64; 5]> = Vec::new();
     let mut rtt_max = 0f64;
     for r in 0..rounds {
-        let _ = round_tx.send(r);
-        server.wait_for_waiters(n as u64, Duration::from_secs(30))?;
+        ready(r)?;
         let body = format!(r#"{{"bseq":{r},"bts":{}}}"#, wall_ns());
         let request = server.publish_request("fan", &body);
         let t0 = Instant::now();
@@ -316,7 +340,7 @@ fn fanout_on(ctx: &Ctx, server: &Server, row: &mut FanoutRow) -> Result<(), Stri
         while lat.len() < n {
             match ctx
                 .rt
-                .block_on(async { tokio::time::timeout_at(deadline, result_rx.recv()).await })
+                .block_on(async { tokio::time::timeout_at(deadline, results.recv()).await })
             {
                 Ok(Some((rr, Ok(us)))) if rr == r => lat.push(us.max(0) as f64),
                 Ok(Some((rr, Err(e)))) => return Err(format!("round {rr}: a waiter failed: {e}")),
@@ -340,9 +364,6 @@ fn fanout_on(ctx: &Ctx, server: &Server, row: &mut FanoutRow) -> Result<(), Stri
         ]);
         rtt_max = rtt_max.max(rtt);
     }
-    for t in tasks {
-        let _ = ctx.rt.block_on(t);
-    }
     let col = |i: usize| median(&per_round.iter().map(|r| r[i]).collect::<Vec<_>>());
     row.first_us = col(0);
     row.median_us = col(1);
@@ -350,6 +371,249 @@ fn fanout_on(ctx: &Ctx, server: &Server, row: &mut FanoutRow) -> Result<(), Stri
     row.last_us = col(3);
     row.publish_rtt_us = col(4);
     row.publish_rtt_max_us = rtt_max;
+    Ok(())
+}
+
+// ---------------------------------------------------------------- 2, streams
+
+/// How subscribers wait for events: held long polls, or open Server-Sent
+/// Events streams.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Transport {
+    Poll,
+    Stream,
+}
+
+impl Transport {
+    pub fn label(self) -> &'static str {
+        match self {
+            Transport::Poll => "long poll",
+            Transport::Stream => "SSE",
+        }
+    }
+}
+
+/// Opens `n` streams on `channel` from `cursor`, each on its own connection
+/// (at most 64 connecting at a time), and returns them once each has
+/// delivered its first message (abide's `retry:`, Nchan's `: hi` comment),
+/// so that it is known to be open and registered.
+fn open_streams(
+    ctx: &Ctx,
+    server: &Server,
+    channel: &str,
+    cursor: &Cursor,
+    n: usize,
+) -> Result<Vec<EventStream>, String> {
+    let request = Arc::new(server.stream_request(channel, cursor));
+    let addr = server.addr;
+    let gate = Arc::new(Semaphore::new(64));
+    let tasks: Vec<_> = (0..n)
+        .map(|_| {
+            let request = request.clone();
+            let gate = gate.clone();
+            ctx.rt.spawn(async move {
+                let _permit = gate.acquire().await.expect("open");
+                let open = async {
+                    let conn = Conn::connect(addr).await?;
+                    let mut stream = conn.open_stream(&request).await?;
+                    let first = stream.next_message().await?;
+                    if first.data.is_some() {
+                        return Err(std::io::Error::other(format!(
+                            "an event ({:?}) before anything was published",
+                            first.event
+                        )));
+                    }
+                    Ok(stream)
+                };
+                tokio::time::timeout(Duration::from_secs(30), open)
+                    .await
+                    .map_err(|_| std::io::Error::other("not open within 30 s"))?
+            })
+        })
+        .collect();
+    let mut streams = Vec::with_capacity(n);
+    let mut errors: BTreeMap<String, usize> = BTreeMap::new();
+    for t in tasks {
+        match ctx.rt.block_on(t) {
+            Ok(Ok(s)) => streams.push(s),
+            Ok(Err(e)) => *errors.entry(e.to_string()).or_insert(0) += 1,
+            Err(e) => *errors.entry(e.to_string()).or_insert(0) += 1,
+        }
+    }
+    if streams.len() != n {
+        return Err(format!(
+            "{} of {n} streams opened; others: {errors:?}",
+            streams.len()
+        ));
+    }
+    Ok(streams)
+}
+
+/// The next event a stream delivers (comments, `retry:` and heartbeats
+/// skipped): its `data`, and the wall clock (ns) when it had arrived whole.
+/// `event: missed` or `event: gone`, the stream's end, or nothing within
+/// `limit`, are errors.
+async fn next_event(stream: &mut EventStream, limit: Duration) -> Result<(Vec<u8>, u64), String> {
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        let message = tokio::time::timeout_at(deadline, stream.next_message())
+            .await
+            .map_err(|_| format!("no event within {limit:?}"))?
+            .map_err(|e| e.to_string())?;
+        let got = wall_ns();
+        if let Some(event) = message.event {
+            return Err(format!("event: {event}"));
+        }
+        if let Some(data) = message.data {
+            return Ok((data, got));
+        }
+    }
+}
+
+/// Scenario 2 with streams: N open streams instead of N held polls, the
+/// same rounds and figures.
+pub fn stream_fanout(ctx: &Ctx, launch: &Launch, n: usize, rounds: usize) -> FanoutRow {
+    let mut row = FanoutRow {
+        n,
+        rounds,
+        ..FanoutRow::default()
+    };
+    let server = match Server::start(launch, ctx.nchan) {
+        Ok(s) => s,
+        Err(e) => {
+            row.error = Some(format!("did not start: {e}"));
+            return row;
+        }
+    };
+    if let Err(e) = stream_fanout_on(ctx, &server, &mut row) {
+        row.error = Some(e);
+    }
+    row
+}
+
+fn stream_fanout_on(ctx: &Ctx, server: &Server, row: &mut FanoutRow) -> Result<(), String> {
+    let (n, rounds) = (row.n, row.rounds);
+    warm_up(ctx, server)?;
+    let last = server
+        .publish_blocking("fan", r#"{"prime":1}"#)
+        .map_err(|e| e.to_string())?;
+    let streams = open_streams(ctx, server, "fan", &server.start_cursor(last), n)?;
+    server.wait_for_streams(n as u64, Duration::from_secs(30))?;
+    let (result_tx, mut result_rx) = mpsc::unbounded_channel::<RoundResult>();
+    // Every stream stays open over all the rounds and must receive each
+    // round's event, once and in order.
+    let tasks: Vec<_> = streams
+        .into_iter()
+        .map(|mut stream| {
+            let result_tx = result_tx.clone();
+            ctx.rt.spawn(async move {
+                for r in 0..rounds {
+                    let out = match next_event(&mut stream, Duration::from_secs(60)).await {
+                        Ok((data, got)) => {
+                            let seq = numbers_after(&data, b"\"bseq\":").first().copied();
+                            let sent = numbers_after(&data, b"\"bts\":").first().copied();
+                            match (seq, sent) {
+                                (Some(s), Some(sent)) if s == r as u64 => {
+                                    Ok((got as i64 - sent as i64) / 1000)
+                                }
+                                (Some(s), _) => Err(format!("event {s} came where {r} was due")),
+                                _ => Err("an event without the sequence number and timestamp"
+                                    .to_string()),
+                            }
+                        }
+                        Err(e) => Err(e),
+                    };
+                    let failed = out.is_err();
+                    let _ = result_tx.send((r, out));
+                    if failed {
+                        return;
+                    }
+                }
+            })
+        })
+        .collect();
+    drop(result_tx);
+    publish_rounds(ctx, server, row, &mut result_rx, |_| {
+        server.wait_for_streams(n as u64, Duration::from_secs(30))
+    })?;
+    for t in tasks {
+        let _ = ctx.rt.block_on(t);
+    }
+    Ok(())
+}
+
+/// Memory per open stream, measured as scenario 1 measures a held poll: N
+/// streams on one channel, resident memory after the same light warm-up and
+/// with the N open (`idle_ticks` stays 0: there is no idle window); then one
+/// publish that every stream must deliver (`answered`).
+pub fn stream_hold(ctx: &Ctx, launch: &Launch, n: usize) -> HoldRow {
+    let mut row = HoldRow {
+        n,
+        max_waiters: launch.max_waiters,
+        ..HoldRow::default()
+    };
+    let server = match Server::start(launch, ctx.nchan) {
+        Ok(s) => s,
+        Err(e) => {
+            row.error = Some(format!("did not start: {e}"));
+            return row;
+        }
+    };
+    if let Err(e) = stream_hold_on(ctx, &server, &mut row) {
+        row.error = Some(e);
+    }
+    row
+}
+
+fn stream_hold_on(ctx: &Ctx, server: &Server, row: &mut HoldRow) -> Result<(), String> {
+    let n = row.n;
+    warm_up(ctx, server)?;
+    let is_abide = server.kind == crate::servers::Kind::Abide;
+    row.before = procfs::sample(&server.pids());
+    row.kernel_before = procfs::kernel();
+    if is_abide {
+        row.smaps_before = procfs::breakdown(server.serving_pid(), &abide_mapping_class);
+    }
+    let streams = open_streams(ctx, server, "hold", &server.start_cursor(0), n)?;
+    server.wait_for_streams(n as u64, Duration::from_secs(60))?;
+    std::thread::sleep(Duration::from_millis(500));
+    row.with = procfs::sample(&server.pids());
+    row.kernel_with = procfs::kernel();
+    if is_abide {
+        row.smaps_with = procfs::breakdown(server.serving_pid(), &abide_mapping_class);
+    }
+    if !server.alive() {
+        return Err("the server died while holding the streams".into());
+    }
+    let tasks: Vec<_> = streams
+        .into_iter()
+        .map(|mut stream| {
+            ctx.rt.spawn(async move {
+                let (data, _) = next_event(&mut stream, Duration::from_secs(30)).await?;
+                if numbers_after(&data, b"\"release\":").is_empty() {
+                    return Err(format!("another event: {}", String::from_utf8_lossy(&data)));
+                }
+                Ok(())
+            })
+        })
+        .collect();
+    server
+        .publish_blocking("hold", r#"{"bseq":0,"release":1}"#)
+        .map_err(|e| format!("release publish: {e}"))?;
+    let mut errors = BTreeMap::new();
+    for task in tasks {
+        match ctx.rt.block_on(task) {
+            Ok(Ok(())) => row.answered += 1,
+            Ok(Err(e)) => *errors.entry(e).or_insert(0) += 1,
+            Err(e) => *errors.entry(e.to_string()).or_insert(0) += 1,
+        }
+    }
+    if row.answered != n {
+        return Err(format!(
+            "{} of {n} open streams delivered the event; others: {errors:?}",
+            row.answered
+        ));
+    }
     Ok(())
 }
 

@@ -48,6 +48,12 @@ impl Kind {
     pub fn is_nchan(self) -> bool {
         self == Kind::Nchan
     }
+
+    /// Whether the server answers Server-Sent Events streams (abide, and
+    /// Nchan's EventSource subscriber; the async variant only long-polls).
+    pub fn streams(self) -> bool {
+        matches!(self, Kind::Abide | Kind::Nchan)
+    }
 }
 
 /// Where nginx and the Nchan module are, when installed.
@@ -150,10 +156,12 @@ http {{
             nchan_publisher;
             nchan_channel_id $1;
         }}
-        # Long-poll subscriber: waits for the next message, then follows the
-        # Last-Modified/Etag cursor; all buffered messages in one answer.
+        # Subscriber. A long poll: waits for the next message, then follows
+        # the Last-Modified/Etag cursor; all buffered messages in one answer.
+        # With Accept: text/event-stream, an EventSource stream instead
+        # (scenario 2's stream rows), from the next message on.
         location ~ ^/sub/([\w.-]+)$ {{
-            nchan_subscriber longpoll;
+            nchan_subscriber longpoll eventsource;
             nchan_channel_id $1;
             nchan_subscriber_first_message newest;
             nchan_longpoll_multipart_response on;
@@ -528,6 +536,38 @@ impl Server {
         ))
     }
 
+    /// Open Server-Sent Events streams, as the server counts them (abide's
+    /// `/stats` `streams`; Nchan's stub status `subscribers`, which counts
+    /// its EventSource subscribers with the rest).
+    pub fn streams(&self) -> io::Result<u64> {
+        if self.kind.is_nchan() {
+            return self.waiters();
+        }
+        self.stats()?["streams"]
+            .as_u64()
+            .ok_or_else(|| io::Error::other("no streams in /stats"))
+    }
+
+    /// Waits until the server counts exactly `n` open streams.
+    pub fn wait_for_streams(&self, n: u64, limit: Duration) -> Result<(), String> {
+        let deadline = Instant::now() + limit;
+        let mut last = None;
+        while Instant::now() < deadline {
+            match self.streams() {
+                Ok(s) if s == n => return Ok(()),
+                Ok(s) => last = Some(s),
+                Err(_) if !self.alive() => return Err(format!("{} died", self.kind.label())),
+                Err(_) => {}
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        Err(format!(
+            "{}: {} streams open after {limit:?}, expected {n}",
+            self.kind.label(),
+            last.map_or("?".into(), |s| s.to_string())
+        ))
+    }
+
     /// Stops the server: SIGTERM, then SIGKILL after 3 s; nginx's workers too.
     pub fn stop(&mut self) {
         let Some(mut child) = self.child.take() else {
@@ -589,6 +629,19 @@ impl Server {
     /// A long poll from `cursor`.
     pub fn poll_request(&self, channel: &str, cursor: &Cursor, timeout_secs: u64) -> Vec<u8> {
         request_for(self.kind.is_nchan(), channel, cursor, timeout_secs)
+    }
+
+    /// A request for a stream of Server-Sent Events from `cursor`: abide's
+    /// poll route, Nchan's subscriber location, with `Accept: text/event-stream`.
+    pub fn stream_request(&self, channel: &str, cursor: &Cursor) -> Vec<u8> {
+        let target = match cursor {
+            Cursor::Id(id) if !self.kind.is_nchan() => {
+                format!("/channels/{channel}/events?last_event_id={id}")
+            }
+            _ => format!("/sub/{channel}"),
+        };
+        format!("GET {target} HTTP/1.1\r\nHost: bench\r\nAccept: text/event-stream\r\n\r\n")
+            .into_bytes()
     }
 
     /// A poll answered at once: the oldest buffered event.
