@@ -909,12 +909,7 @@ impl Writer {
     fn respond_and_close(&self, request: Request, reply: Reply, started: Instant) -> Written {
         let method = request.method().to_string();
         let target = request.url().to_string();
-        let peer = request.remote_addr().copied();
-        self.mark_closing(peer);
-        let socket = peer.and_then(|p| self.finder.find(p));
-        if let Some(socket) = &socket {
-            socket.shut_reading();
-        }
+        let (peer, socket) = self.take_over(&request);
         let head = self.raw_head(&reply, request.http_version(), Some(reply.body.len()));
         let head_only =
             *request.method() == Method::Head || matches!(reply.status, 100..=199 | 204 | 304);
@@ -940,6 +935,20 @@ impl Writer {
         self.hub.count_closed_connection();
         self.log(&method, &target, peer, status, started);
         written
+    }
+
+    /// Takes `request`'s connection over for an answer abide writes itself
+    /// and ends (`end_connection`): its lane is closing, and its socket,
+    /// found, is shut for reading (an unread body or a pipelined request
+    /// then reads as end of file at once).
+    fn take_over(&self, request: &Request) -> (Option<SocketAddr>, Option<ConnectionSocket>) {
+        let peer = request.remote_addr().copied();
+        self.mark_closing(peer);
+        let socket = peer.and_then(|p| self.finder.find(p));
+        if let Some(socket) = &socket {
+            socket.shut_reading();
+        }
+        (peer, socket)
     }
 
     /// Ends a connection abide answered through its raw `writer` (held until
@@ -984,13 +993,8 @@ impl Writer {
     fn stream(&self, request: Request, mut ticket: Ticket, started: Instant) -> Written {
         let method = request.method().to_string();
         let target = request.url().to_string();
-        let peer = request.remote_addr().copied();
-        self.mark_closing(peer);
-        let socket = peer.and_then(|p| self.finder.find(p));
-        if let Some(socket) = &socket {
-            // Nothing is read after a stream's request.
-            socket.shut_reading();
-        }
+        // Nothing is read after a stream's request.
+        let (peer, socket) = self.take_over(&request);
         let mut head = Reply::empty(200);
         head.headers.extend([
             ("Content-Type", "text/event-stream; charset=utf-8".into()),

@@ -584,13 +584,8 @@ impl Hub {
             if st.shutting_down {
                 break Answer::Empty { missed: false };
             }
-            let deleted = ticket.channels.iter().find(|(name, generation)| {
-                st.channels.get(name).map(|c| c.generation) != Some(*generation)
-            });
-            if let Some((name, _)) = deleted {
-                break Answer::Gone {
-                    channel: name.to_string(),
-                };
+            if let Some(channel) = st.deleted_channel(ticket) {
+                break Answer::Gone { channel };
             }
             let now = Instant::now();
             self.expire(&mut st, now);
@@ -632,13 +627,8 @@ impl Hub {
             if st.shutting_down {
                 return StreamStep::End;
             }
-            let deleted = ticket.channels.iter().find(|(name, generation)| {
-                st.channels.get(name).map(|c| c.generation) != Some(*generation)
-            });
-            if let Some((name, _)) = deleted {
-                return StreamStep::Gone {
-                    channel: name.to_string(),
-                };
+            if let Some(channel) = st.deleted_channel(ticket) {
+                return StreamStep::Gone { channel };
             }
             let now = Instant::now();
             self.expire(&mut st, now);
@@ -991,6 +981,15 @@ impl State {
             merged.events.truncate(first_over.max(1));
         }
         merged
+    }
+
+    /// A channel of the ticket that was deleted since it registered (its
+    /// generation is gone), if any.
+    fn deleted_channel(&self, ticket: &Ticket) -> Option<String> {
+        let (name, _) = ticket.channels.iter().find(|(name, generation)| {
+            self.channels.get(name).map(|c| c.generation) != Some(*generation)
+        })?;
+        Some(name.to_string())
     }
 
     fn unregister(&mut self, ticket: &Ticket) {
