@@ -364,12 +364,13 @@ impl Hub {
     }
 
     /// Issues `count` ids, ascending, for events published at `at` (a store
-    /// calls it before committing them).
-    pub fn issue_ids(&self, count: usize, at: SystemTime) -> Result<Vec<u64>, Error> {
+    /// calls it before committing them); with the largest id issued so far.
+    pub fn issue_ids(&self, count: usize, at: SystemTime) -> Result<(Vec<u64>, u64), Error> {
         let mut st = self.shared.state.lock();
-        (0..count)
+        let ids = (0..count)
             .map(|_| st.ids.next_id(wall_micros(at)).ok_or_else(ids_exhausted))
-            .collect()
+            .collect::<Result<Vec<u64>, Error>>()?;
+        Ok((ids, st.ids.last_id()))
     }
 
     /// Makes committed events and deletions visible, in commit order. The
@@ -1411,7 +1412,7 @@ mod tests {
             },
             nudge,
         );
-        let issued = hub.issue_ids(3, SystemTime::now()).unwrap();
+        let (issued, _) = hub.issue_ids(3, SystemTime::now()).unwrap();
         assert!(issued.windows(2).all(|w| w[0] < w[1]));
         assert!(matches!(
             now(&hub, &spec(&["a"], 0, 0)),
@@ -1435,7 +1436,7 @@ mod tests {
         assert!(hub.take_changes(1).is_empty());
 
         // A failed commit gives its changes back, ahead of newer ones.
-        let more = hub.issue_ids(1, SystemTime::now()).unwrap()[0];
+        let more = hub.issue_ids(1, SystemTime::now()).unwrap().0[0];
         drop(hub.apply(&[Committed::Event {
             channel: Arc::from("a"),
             event: Event::new(more, "a", SystemTime::now(), Instant::now(), "2"),

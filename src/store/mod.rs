@@ -398,17 +398,15 @@ fn commit(
     let at_ms = at
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64);
-    let ids = match hub.issue_ids(publishes, at) {
-        Ok(ids) => ids,
+    let (ids, last_id) = match hub.issue_ids(publishes, at) {
+        Ok(issued) => issued,
         Err(err) => {
             hub.return_changes(changes);
             answer_all(&batch, &err);
             return Some(false);
         }
     };
-    let last_id = hub.last_id();
     let mut next_id = ids.iter();
-    let mut issued = Vec::with_capacity(publishes);
     let mut ops: Vec<Op> = Vec::with_capacity(batch.len());
     for record in &batch {
         match record {
@@ -416,7 +414,6 @@ fn commit(
                 channel, data_json, ..
             } => {
                 let id = *next_id.next().expect("one id per publish");
-                issued.push(id);
                 ops.push(Op::Insert {
                     id,
                     channel,
@@ -455,7 +452,7 @@ fn commit(
     // The event as committed: its timestamp is the stored millisecond.
     let at = UNIX_EPOCH + Duration::from_millis(at_ms);
     let now = Instant::now();
-    let mut issued = issued.into_iter();
+    let mut issued = ids.into_iter();
     let committed: Vec<Committed> = batch
         .iter()
         .filter_map(|record| match record {
