@@ -407,8 +407,15 @@ fn attacks_stop_at_the_nginx_front() {
          after; the dribbled header was cut after {cut_after:?}; limit_conn refused \
          {refused} of 80 requests in flight"
     );
+    // Under qemu-user (`make test-pi`) the process's resident memory is the
+    // emulator's too, whose cache of translated code grows with every code
+    // path the attacks reach for the first time (measured +4.3 MiB on
+    // aarch64 with SQLite linked in): a looser bound there.
+    let resident_slack_kib = if cfg!(abide_cross) { 16 * 1024 } else { 4096 };
     assert!(
-        after.0 <= before.0 + 4 && after.1 <= before.1 + 8 && after.2 <= before.2 + 4096,
+        after.0 <= before.0 + 4
+            && after.1 <= before.1 + 8
+            && after.2 <= before.2 + resident_slack_kib,
         "abide's threads, descriptors, resident KiB: {before:?} before, {after:?} after"
     );
     let log = front.error_log();
