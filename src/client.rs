@@ -154,6 +154,23 @@ impl Client {
         serde_json::from_str(&body).map_err(|e| ClientError::BadAnswer(e.to_string()))
     }
 
+    /// The URL of `channels`' events after `cursor`, with `params`: one
+    /// channel's own route, or `/events?channels=…` for several.
+    fn events_url(&self, channels: &[String], cursor: u64, params: &[(&str, String)]) -> String {
+        let mut query = form_urlencoded::Serializer::new(String::new());
+        query.append_pair("last_event_id", &cursor.to_string());
+        for (name, value) in params {
+            query.append_pair(name, value);
+        }
+        match channels {
+            [one] => format!("{}/channels/{one}/events?{}", self.base_url, query.finish()),
+            many => {
+                query.append_pair("channels", &many.join(","));
+                format!("{}/events?{}", self.base_url, query.finish())
+            }
+        }
+    }
+
     /// One long poll. A client-side read timeout counts as an empty answer.
     pub fn poll(
         &self,
@@ -162,17 +179,14 @@ impl Client {
         timeout: Duration,
         limit: usize,
     ) -> Result<Batch, ClientError> {
-        let mut query = form_urlencoded::Serializer::new(String::new());
-        query.append_pair("last_event_id", &cursor.to_string());
-        query.append_pair("timeout", &timeout.as_secs().to_string());
-        query.append_pair("limit", &limit.to_string());
-        let url = match channels {
-            [one] => format!("{}/channels/{one}/events?{}", self.base_url, query.finish()),
-            many => {
-                query.append_pair("channels", &many.join(","));
-                format!("{}/events?{}", self.base_url, query.finish())
-            }
-        };
+        let url = self.events_url(
+            channels,
+            cursor,
+            &[
+                ("timeout", timeout.as_secs().to_string()),
+                ("limit", limit.to_string()),
+            ],
+        );
         let result = self.agent.get(&url).call();
         if let Err(ureq::Error::Timeout(_)) = result {
             return Ok(Batch {
@@ -206,15 +220,7 @@ impl Client {
         max_open: Duration,
         each: &mut dyn FnMut(StreamMessage) -> Result<(), ClientError>,
     ) -> Result<(), ClientError> {
-        let mut query = form_urlencoded::Serializer::new(String::new());
-        query.append_pair("last_event_id", &cursor.to_string());
-        let url = match channels {
-            [one] => format!("{}/channels/{one}/events?{}", self.base_url, query.finish()),
-            many => {
-                query.append_pair("channels", &many.join(","));
-                format!("{}/events?{}", self.base_url, query.finish())
-            }
-        };
+        let url = self.events_url(channels, cursor, &[]);
         let agent: ureq::Agent = ureq::Agent::config_builder()
             .http_status_as_error(false)
             .timeout_connect(Some(Duration::from_secs(10)))

@@ -114,22 +114,26 @@ pub fn abide_mapping_class(m: &procfs::Mapping) -> &'static str {
     }
 }
 
+/// Starts a fresh server for `launch` and runs `measure` on it; a failure,
+/// also to start, becomes the row's error.
+fn on_fresh_server(
+    ctx: &Ctx,
+    launch: &Launch,
+    measure: impl FnOnce(&Server) -> Result<(), String>,
+) -> Option<String> {
+    match Server::start(launch, ctx.nchan) {
+        Ok(server) => measure(&server).err(),
+        Err(e) => Some(format!("did not start: {e}")),
+    }
+}
+
 pub fn hold(ctx: &Ctx, launch: &Launch, n: usize, idle: Duration) -> HoldRow {
     let mut row = HoldRow {
         n,
         max_waiters: launch.max_waiters,
         ..HoldRow::default()
     };
-    let server = match Server::start(launch, ctx.nchan) {
-        Ok(s) => s,
-        Err(e) => {
-            row.error = Some(format!("did not start: {e}"));
-            return row;
-        }
-    };
-    if let Err(e) = hold_on(ctx, &server, &mut row, idle) {
-        row.error = Some(e);
-    }
+    row.error = on_fresh_server(ctx, launch, |server| hold_on(ctx, server, &mut row, idle));
     row
 }
 
@@ -220,16 +224,7 @@ pub fn fanout(ctx: &Ctx, launch: &Launch, n: usize, rounds: usize) -> FanoutRow 
         rounds,
         ..FanoutRow::default()
     };
-    let server = match Server::start(launch, ctx.nchan) {
-        Ok(s) => s,
-        Err(e) => {
-            row.error = Some(format!("did not start: {e}"));
-            return row;
-        }
-    };
-    if let Err(e) = fanout_on(ctx, &server, &mut row) {
-        row.error = Some(e);
-    }
+    row.error = on_fresh_server(ctx, launch, |server| fanout_on(ctx, server, &mut row));
     row
 }
 
@@ -478,16 +473,9 @@ pub fn stream_fanout(ctx: &Ctx, launch: &Launch, n: usize, rounds: usize) -> Fan
         rounds,
         ..FanoutRow::default()
     };
-    let server = match Server::start(launch, ctx.nchan) {
-        Ok(s) => s,
-        Err(e) => {
-            row.error = Some(format!("did not start: {e}"));
-            return row;
-        }
-    };
-    if let Err(e) = stream_fanout_on(ctx, &server, &mut row) {
-        row.error = Some(e);
-    }
+    row.error = on_fresh_server(ctx, launch, |server| {
+        stream_fanout_on(ctx, server, &mut row)
+    });
     row
 }
 
@@ -552,16 +540,7 @@ pub fn stream_hold(ctx: &Ctx, launch: &Launch, n: usize) -> HoldRow {
         max_waiters: launch.max_waiters,
         ..HoldRow::default()
     };
-    let server = match Server::start(launch, ctx.nchan) {
-        Ok(s) => s,
-        Err(e) => {
-            row.error = Some(format!("did not start: {e}"));
-            return row;
-        }
-    };
-    if let Err(e) = stream_hold_on(ctx, &server, &mut row) {
-        row.error = Some(e);
-    }
+    row.error = on_fresh_server(ctx, launch, |server| stream_hold_on(ctx, server, &mut row));
     row
 }
 
@@ -678,16 +657,9 @@ pub fn throughput(
         k,
         ..ThroughputRow::default()
     };
-    let server = match Server::start(launch, ctx.nchan) {
-        Ok(s) => s,
-        Err(e) => {
-            row.error = Some(format!("did not start: {e}"));
-            return row;
-        }
-    };
-    if let Err(e) = throughput_on(ctx, &server, &mut row, duration, max_events) {
-        row.error = Some(e);
-    }
+    row.error = on_fresh_server(ctx, launch, |server| {
+        throughput_on(ctx, server, &mut row, duration, max_events)
+    });
     row
 }
 
@@ -990,16 +962,9 @@ pub fn durability(
         prefill: BUFFER,
         ..DurabilityRow::default()
     };
-    let server = match Server::start(launch, ctx.nchan) {
-        Ok(s) => s,
-        Err(e) => {
-            row.error = Some(format!("did not start: {e}"));
-            return row;
-        }
-    };
-    if let Err(e) = durability_on(ctx, &server, &mut row, duration, max_events) {
-        row.error = Some(e);
-    }
+    row.error = on_fresh_server(ctx, launch, |server| {
+        durability_on(ctx, server, &mut row, duration, max_events)
+    });
     row
 }
 
