@@ -9,11 +9,18 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use ipnet::IpNet;
+
 pub use crate::store::sqlite::Sync;
 
 /// The largest `--max-event-bytes` accepted: an event body is read whole into
 /// memory (and stored), so one must stay small beside a Pi's RAM.
 pub const MAX_EVENT_BYTES_LIMIT: usize = 16 * 1024 * 1024;
+
+/// `--publish-burst` when not given (unless one second of the rate is more).
+pub const DEFAULT_PUBLISH_BURST: u32 = 10;
+/// The highest `--publish-rate` accepted, per second.
+pub const MAX_PUBLISH_RATE: f64 = 1_000_000.0;
 
 /// Everything `run` needs. Build it with `Config::default()` and change fields.
 #[derive(Clone, Debug)]
@@ -65,6 +72,25 @@ pub struct Config {
     pub data_dir: Option<PathBuf>,
     /// How a commit reaches the disk (`--sync`); only with `data_dir`.
     pub sync: Sync,
+    /// The auth file (`--auth-file`): which token may do what on which
+    /// channels; `None`: everything is open to everyone.
+    pub auth_file: Option<PathBuf>,
+    /// `/stats` and `/metrics` are open to anyone even with an auth file
+    /// (`--public-metrics`).
+    pub public_metrics: bool,
+    /// Wait slots one client may hold at once (`--max-waiters-per-client`);
+    /// one more is answered `429`. `None`: only `max_waiters` bounds it.
+    pub max_waiters_per_client: Option<usize>,
+    /// Publishes per second one client may sustain (`--publish-rate`); a
+    /// faster one is answered `429`. `None`: no rate limit.
+    pub publish_rate_per_second: Option<f64>,
+    /// Publishes one client may make at once before the rate applies
+    /// (`--publish-burst`); `None`: `DEFAULT_PUBLISH_BURST`, or one second's
+    /// worth at a higher rate.
+    pub publish_burst: Option<u32>,
+    /// Proxies whose `X-Forwarded-For` names the client (`--trust-proxy`);
+    /// from any other address the header is ignored.
+    pub trust_proxy: Vec<IpNet>,
     /// `Access-Control-Allow-Origin` value; `None` sends no CORS headers.
     pub cors_origin: Option<String>,
     /// No access log.
@@ -95,6 +121,12 @@ impl Default for Config {
             max_stream: None,
             data_dir: None,
             sync: Sync::Normal,
+            auth_file: None,
+            public_metrics: false,
+            max_waiters_per_client: None,
+            publish_rate_per_second: None,
+            publish_burst: None,
+            trust_proxy: Vec::new(),
             cors_origin: None,
             quiet: false,
             demo: true,
@@ -115,6 +147,15 @@ impl fmt::Display for ConfigError {
 impl std::error::Error for ConfigError {}
 
 impl Config {
+    /// The burst of `--publish-rate`: `--publish-burst`, else the larger of
+    /// `DEFAULT_PUBLISH_BURST` and one second of the rate.
+    pub fn publish_burst(&self) -> u32 {
+        self.publish_burst.unwrap_or_else(|| {
+            let second = self.publish_rate_per_second.unwrap_or(0.0).ceil() as u32;
+            second.max(DEFAULT_PUBLISH_BURST)
+        })
+    }
+
     /// Refuses values the server cannot honour.
     pub fn check(&self) -> Result<(), ConfigError> {
         let fail = |msg: String| Err(ConfigError(msg));
@@ -217,6 +258,39 @@ impl Config {
         {
             return fail("--data-dir must name a directory".into());
         }
+        if self
+            .auth_file
+            .as_ref()
+            .is_some_and(|f| f.as_os_str().is_empty())
+        {
+            return fail("--auth-file must name a file".into());
+        }
+        if let Some(share) = self.max_waiters_per_client {
+            if !(1..=self.max_waiters).contains(&share) {
+                return fail(format!(
+                    "--max-waiters-per-client must be between 1 and --max-waiters ({}), got {share}",
+                    self.max_waiters
+                ));
+            }
+        }
+        if let Some(rate) = self.publish_rate_per_second {
+            if !(rate > 0.0 && rate <= MAX_PUBLISH_RATE) {
+                return fail(format!(
+                    "--publish-rate must be above 0 and at most {MAX_PUBLISH_RATE} events per second, got {rate}"
+                ));
+            }
+        }
+        match self.publish_burst {
+            Some(_) if self.publish_rate_per_second.is_none() => {
+                return fail("--publish-burst needs --publish-rate".into());
+            }
+            Some(burst) if !(1..=1_000_000).contains(&burst) => {
+                return fail(format!(
+                    "--publish-burst must be between 1 and 1000000 events, got {burst}"
+                ));
+            }
+            _ => {}
+        }
         if let Some(origin) = &self.cors_origin {
             let printable = origin.bytes().all(|b| (0x21..0x7f).contains(&b));
             if origin.is_empty() || !printable {
@@ -289,6 +363,57 @@ mod tests {
             ..Config::default()
         };
         assert!(config.check().unwrap_err().0.contains("--cors-origin"));
+    }
+
+    /// Fair-share settings out of range are refused, naming their flags; any share up to --max-waiters is accepted.
+    #[test]
+    fn share_settings_out_of_range_are_refused() {
+        let refused = |config: Config, flag: &str| {
+            let err = config.check().unwrap_err();
+            assert!(err.0.contains(flag), "{err}");
+        };
+        refused(
+            Config {
+                max_waiters_per_client: Some(513),
+                ..Config::default()
+            },
+            "--max-waiters-per-client",
+        );
+        refused(
+            Config {
+                max_waiters_per_client: Some(0),
+                ..Config::default()
+            },
+            "--max-waiters-per-client",
+        );
+        for rate in [0.0, -1.0, f64::NAN, 2e6] {
+            refused(
+                Config {
+                    publish_rate_per_second: Some(rate),
+                    ..Config::default()
+                },
+                "--publish-rate",
+            );
+        }
+        refused(
+            Config {
+                publish_burst: Some(5),
+                ..Config::default()
+            },
+            "--publish-burst",
+        );
+        let fits = Config {
+            max_waiters_per_client: Some(512),
+            publish_rate_per_second: Some(0.5),
+            ..Config::default()
+        };
+        assert_eq!(fits.check(), Ok(()));
+        assert_eq!(fits.publish_burst(), DEFAULT_PUBLISH_BURST);
+        let fast = Config {
+            publish_rate_per_second: Some(100.5),
+            ..Config::default()
+        };
+        assert_eq!(fast.publish_burst(), 101);
     }
 
     /// Stream settings out of range are refused, naming their flags.

@@ -10,6 +10,16 @@ use std::fmt;
 pub enum Error {
     /// A parameter, header, channel name or body is malformed (400).
     BadRequest(String),
+    /// A token is needed and none was given, or the one given is not
+    /// known (401, with `WWW-Authenticate: Bearer`).
+    Unauthorized {
+        message: String,
+        /// A token was given but is not known (`error="invalid_token"`).
+        invalid_token: bool,
+    },
+    /// The token is known but lacks the right; the message names the
+    /// channel and the right (403).
+    Forbidden(String),
     /// No such route or channel (404).
     NotFound(String),
     /// The route exists but not for this method (405); `allow` lists the methods it takes.
@@ -25,6 +35,12 @@ pub enum Error {
     /// The request uses something abide does not implement, such as a
     /// transfer coding other than chunked (501).
     NotImplemented(String),
+    /// The client used up its share (`--max-waiters-per-client`,
+    /// `--publish-rate`); try again after `retry_after_secs` (429).
+    TooManyRequests {
+        message: String,
+        retry_after_secs: u32,
+    },
     /// A limit is reached for now; try again after `retry_after_secs` (503).
     Busy {
         message: String,
@@ -44,12 +60,15 @@ impl Error {
     pub fn status(&self) -> u16 {
         match self {
             Error::BadRequest(_) => 400,
+            Error::Unauthorized { .. } => 401,
+            Error::Forbidden(_) => 403,
             Error::NotFound(_) => 404,
             Error::MethodNotAllowed { .. } => 405,
             Error::BodyTimeout => 408,
             Error::Gone(_) => 410,
             Error::TooLarge { .. } => 413,
             Error::UriTooLong { .. } => 414,
+            Error::TooManyRequests { .. } => 429,
             Error::NotImplemented(_) => 501,
             Error::Busy { .. } => 503,
             Error::StorageFull { .. } => 507,
@@ -68,11 +87,13 @@ impl fmt::Display for Error {
         match self {
             Error::BadRequest(msg)
             | Error::NotFound(msg)
+            | Error::Forbidden(msg)
             | Error::NotImplemented(msg)
             | Error::Internal(msg) => f.write_str(msg),
-            Error::Busy { message, .. } | Error::StorageFull { message, .. } => {
-                f.write_str(message)
-            }
+            Error::Busy { message, .. }
+            | Error::StorageFull { message, .. }
+            | Error::TooManyRequests { message, .. }
+            | Error::Unauthorized { message, .. } => f.write_str(message),
             Error::MethodNotAllowed { allow } => {
                 write!(f, "method not allowed here; allowed: {allow}")
             }

@@ -21,25 +21,38 @@ mod store;
 
 use std::io;
 
+pub use api::auth::{Rules, RulesError, token_hash_text};
 pub use config::{Config, ConfigError, Sync};
-pub use edge::server::{Running, start};
+pub use edge::server::{RulesReload, Running, start};
 pub use shutdown::Shutdown;
 
-/// Serves until SIGINT or SIGTERM, then answers every pending poll and returns.
+/// Serves until SIGINT or SIGTERM, then answers every pending poll and
+/// returns. With `--auth-file`, SIGHUP re-reads it (without, SIGHUP stops
+/// abide as it stops any program).
 pub fn run(config: Config) -> io::Result<()> {
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+
+    let reload_on_hangup = config.auth_file.is_some();
     let running = start(config)?;
     let shutdown = running.shutdown_handle();
-    let mut signals = signal_hook::iterator::Signals::new([
-        signal_hook::consts::SIGINT,
-        signal_hook::consts::SIGTERM,
-    ])?;
+    let rules = running.rules_reload();
+    let mut signals = match reload_on_hangup {
+        true => signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP])?,
+        false => signal_hook::iterator::Signals::new([SIGINT, SIGTERM])?,
+    };
     let signals_handle = signals.handle();
     let signal_thread = std::thread::Builder::new()
         .name("abide-signals".into())
         .stack_size(64 * 1024)
         .spawn(move || {
-            if signals.forever().next().is_some() {
+            for signal in signals.forever() {
+                if signal == SIGHUP {
+                    // It logs the outcome; an error keeps the rules in force.
+                    let _ = rules.reload();
+                    continue;
+                }
                 shutdown.trigger();
+                break;
             }
         })?;
     // Under systemd: ready now (abide accepts), and a watchdog that reports

@@ -22,7 +22,46 @@ enum Command {
     Serve(Serve),
     Publish(Publish),
     Watch(Watch),
+    Token(Token),
 }
+
+/// Make tokens for --auth-file.
+#[derive(FromArgs)]
+#[argh(subcommand, name = "token")]
+struct Token {
+    #[argh(subcommand)]
+    command: TokenCommand,
+}
+
+#[derive(FromArgs)]
+#[argh(subcommand)]
+enum TokenCommand {
+    New(TokenNew),
+    Hash(TokenHash),
+}
+
+/// Print a new random token (first line; shown once) and the rule to add to the --auth-file (second line; it holds only the token's hash).
+#[derive(FromArgs)]
+#[argh(subcommand, name = "new")]
+struct TokenNew {
+    /// the token's name in the rule and in refusals (default: derived from its hash)
+    #[argh(positional)]
+    name: Option<String>,
+    /// rights, joined by commas: publish, subscribe, admin (default publish,subscribe)
+    #[argh(option, default = "String::from(\"publish,subscribe\")")]
+    rights: String,
+    /// channel patterns: *, a name, or a prefix such as sensors.* (repeat or separate by commas; default *)
+    #[argh(option)]
+    channels: Vec<String>,
+}
+
+/// Print the sha256: hash of a token read from standard input (one line), as an --auth-file rule holds it.
+#[derive(FromArgs)]
+#[argh(subcommand, name = "hash")]
+struct TokenHash {}
+
+/// Random bytes in a new token (192 bits).
+const TOKEN_RANDOM_BYTES: usize = 24;
 
 /// Publish one JSON value on a channel and print the stored event.
 #[derive(FromArgs)]
@@ -134,6 +173,24 @@ struct Serve {
     /// with --data-dir: normal (default; a killed process loses nothing acknowledged, a power cut may lose the last moments) or full (an fsync per commit; a power cut loses nothing acknowledged)
     #[argh(option)]
     sync: Option<abide::Sync>,
+    /// a file of rules: which token (by its SHA-256) may publish, subscribe or administer which channels (README: "Access control"; `abide token new` makes a token); re-read on SIGHUP. Default: everything open to everyone
+    #[argh(option)]
+    auth_file: Option<PathBuf>,
+    /// with --auth-file: /stats and /metrics open to anyone (for a scraper on a private network); default: they need the admin right on *
+    #[argh(switch)]
+    public_metrics: bool,
+    /// polls and streams one client (its token, else its address) may hold at once, 1 to --max-waiters; one more is answered 429. Default: no share (many clients may share one address behind NAT)
+    #[argh(option)]
+    max_waiters_per_client: Option<usize>,
+    /// events per second one client (its token, else its address) may publish, with bursts of --publish-burst; faster is answered 429 with Retry-After. Default: no limit
+    #[argh(option)]
+    publish_rate: Option<f64>,
+    /// with --publish-rate: events a client may publish at once before the rate applies (default 10, or one second of the rate if more)
+    #[argh(option)]
+    publish_burst: Option<u32>,
+    /// addresses of proxies (CIDR, such as 127.0.0.1/32; repeat or separate by commas) whose X-Forwarded-For names the client; from any other address it is ignored
+    #[argh(option)]
+    trust_proxy: Vec<String>,
     /// send Access-Control-Allow-Origin with this value (an origin, or *) and answer preflights
     #[argh(option)]
     cors_origin: Option<String>,
@@ -146,8 +203,19 @@ struct Serve {
 }
 
 impl Serve {
-    fn into_config(self) -> abide::Config {
-        abide::Config {
+    fn into_config(self) -> Result<abide::Config, String> {
+        let mut trust_proxy = Vec::new();
+        for net in self.trust_proxy.iter().flat_map(|v| v.split(',')) {
+            let net = net.trim();
+            let parsed = net
+                .parse::<ipnet::IpNet>()
+                .or_else(|_| net.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+                .map_err(|_| {
+                    format!("--trust-proxy: {net:?} is not an address or CIDR such as 10.0.0.0/8")
+                })?;
+            trust_proxy.push(parsed);
+        }
+        Ok(abide::Config {
             listen: self.listen,
             max_waiters: self.max_waiters,
             default_timeout: Duration::from_secs(self.default_timeout),
@@ -170,7 +238,13 @@ impl Serve {
             cors_origin: self.cors_origin,
             quiet: self.quiet,
             demo: !self.no_demo,
-        }
+            auth_file: self.auth_file,
+            public_metrics: self.public_metrics,
+            max_waiters_per_client: self.max_waiters_per_client,
+            publish_rate_per_second: self.publish_rate,
+            publish_burst: self.publish_burst,
+            trust_proxy,
+        })
     }
 }
 
@@ -200,12 +274,30 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Publish(publish) => publish_command(publish),
         Command::Watch(watch) => watch_command(watch),
+        Command::Token(Token {
+            command: TokenCommand::New(new),
+        }) => token_new_command(new),
+        Command::Token(Token {
+            command: TokenCommand::Hash(TokenHash {}),
+        }) => token_hash_command(),
         Command::Serve(serve) => {
             if serve.sync.is_some() && serve.data_dir.is_none() {
                 eprintln!("abide: --sync needs --data-dir (without it events are in memory only)");
                 return ExitCode::from(2);
             }
-            let config = serve.into_config();
+            if serve.public_metrics && serve.auth_file.is_none() {
+                eprintln!(
+                    "abide: --public-metrics goes with --auth-file (without it all is public)"
+                );
+                return ExitCode::from(2);
+            }
+            let config = match serve.into_config() {
+                Ok(config) => config,
+                Err(err) => {
+                    eprintln!("abide: {err}");
+                    return ExitCode::from(2);
+                }
+            };
             if let Err(err) = config.check() {
                 eprintln!("abide: {err}");
                 return ExitCode::from(2);
@@ -235,7 +327,7 @@ fn parse_args() -> Result<Cli, ExitCode> {
         }
         Err(()) => {
             eprintln!("{output}");
-            eprintln!("Run abide <serve|publish|watch> --help for the flags.");
+            eprintln!("Run abide <serve|publish|watch|token> --help for the flags.");
             ExitCode::from(2)
         }
     })
@@ -281,6 +373,67 @@ fn publish_command(args: Publish) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn token_new_command(args: TokenNew) -> ExitCode {
+    use base64::Engine;
+
+    let mut random = [0u8; TOKEN_RANDOM_BYTES];
+    if let Err(err) = getrandom::fill(&mut random) {
+        eprintln!("abide token new: no randomness from the system: {err}");
+        return ExitCode::FAILURE;
+    }
+    let token = format!(
+        "abide_{}",
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(random)
+    );
+    let hash = abide::token_hash_text(&token);
+    let name = args
+        .name
+        .unwrap_or_else(|| format!("t{}", &hash["sha256:".len()..][..8]));
+    let channels: Vec<&str> = args
+        .channels
+        .iter()
+        .flat_map(|c| c.split(','))
+        .map(str::trim)
+        .filter(|c| !c.is_empty())
+        .collect();
+    let channels = if channels.is_empty() {
+        "*".to_string()
+    } else {
+        channels.join(" ")
+    };
+    if name.is_empty() || name.contains(char::is_whitespace) {
+        eprintln!("abide token new: the name must be one word, such as alice or sensor-7");
+        return ExitCode::from(2);
+    }
+    let rule = format!("token {name} {hash} {} {channels}", args.rights);
+    if let Err(err) = abide::Rules::parse(&rule) {
+        eprintln!("abide token new: {}", err.message);
+        return ExitCode::from(2);
+    }
+    println!("{token}");
+    println!("{rule}");
+    eprintln!(
+        "abide: line 1 is the token, shown only now (abide keeps its hash, not the token); \
+         add line 2 to the --auth-file and reload abide (kill -HUP, or systemctl reload abide)"
+    );
+    ExitCode::SUCCESS
+}
+
+fn token_hash_command() -> ExitCode {
+    let mut line = String::new();
+    if let Err(err) = std::io::stdin().read_line(&mut line) {
+        eprintln!("abide token hash: reading standard input: {err}");
+        return ExitCode::FAILURE;
+    }
+    let token = line.trim_end_matches(['\r', '\n']);
+    if token.is_empty() {
+        eprintln!("abide token hash: give the token on standard input");
+        return ExitCode::from(2);
+    }
+    println!("{}", abide::token_hash_text(token));
+    ExitCode::SUCCESS
 }
 
 fn watch_command(args: Watch) -> ExitCode {

@@ -4,6 +4,7 @@
 //! poll answers, errors, JSON documents. Pure: `edge/writer.rs` turns a
 //! `Reply` into a tiny_http response on the pool thread that writes it.
 
+use crate::api::auth;
 use crate::error::Error;
 use crate::hub::Answer;
 
@@ -55,11 +56,28 @@ impl Reply {
             Error::Busy {
                 retry_after_secs, ..
             }
+            | Error::TooManyRequests {
+                retry_after_secs, ..
+            }
             | Error::StorageFull {
                 retry_after_secs, ..
             } => reply
                 .headers
                 .push(("Retry-After", retry_after_secs.to_string())),
+            Error::Unauthorized { invalid_token, .. } => {
+                let mut challenge = format!("Bearer realm=\"{}\"", auth::REALM);
+                if *invalid_token {
+                    challenge.push_str(", error=\"invalid_token\"");
+                }
+                reply.headers.push(("WWW-Authenticate", challenge));
+            }
+            Error::Forbidden(_) => reply.headers.push((
+                "WWW-Authenticate",
+                format!(
+                    "Bearer realm=\"{}\", error=\"insufficient_scope\"",
+                    auth::REALM
+                ),
+            )),
             _ => {}
         }
         reply

@@ -6,6 +6,7 @@
 
 use std::time::Duration;
 
+use crate::api::auth::Client;
 use crate::error::Error;
 
 /// Most channels one `/events` poll may name.
@@ -31,6 +32,9 @@ pub struct PollSpec {
     /// Answer with a stream of Server-Sent Events instead of one answer
     /// (the request accepts `text/event-stream`; see `wants_event_stream`).
     pub stream: bool,
+    /// Who asks, for `--max-waiters-per-client` (set by the edge once the
+    /// request is admitted; `None`: not counted).
+    pub client: Option<Client>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -292,6 +296,7 @@ fn poll_spec(
         timeout,
         limit,
         stream: false,
+        client: None,
     })
 }
 

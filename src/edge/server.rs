@@ -34,14 +34,18 @@ use parking_lot::{Condvar, Mutex};
 use socket2::{Domain, Protocol, SockRef, Socket, Type};
 use tiny_http::Request;
 
+use crate::api::auth::{self, Caller, Client, Need, PublishRates, Rules};
 use crate::api::framing::{self, BodyFraming};
 use crate::api::reply::Reply;
 use crate::api::request::{self, Action, RouteSettings};
 use crate::config::Config;
 use crate::demo;
 use crate::edge::connection::SocketFinder;
-use crate::edge::writer::{Close, PeerState, WAITER_STACK_BYTES, WRITER_STACK_BYTES, Work, Writer};
+use crate::edge::writer::{
+    Close, PeerState, WAITER_STACK_BYTES, WRITER_STACK_BYTES, Work, Writer, holds_unread_body,
+};
 use crate::error::Error;
+use crate::hub::stats::Refusal;
 use crate::hub::{Hub, HubLimits, PollStart};
 use crate::shutdown::Shutdown;
 use crate::store::{self, JournalThread};
@@ -94,6 +98,12 @@ struct Edge {
     quiet_period: Duration,
     /// With `--data-dir`: the journal thread, stopped after the writers.
     journal: Mutex<Option<JournalThread>>,
+    /// With `--auth-file`: the rules in force, replaced whole by
+    /// `reload_rules` (a request keeps the `Arc` it took).
+    rules: Mutex<Option<Arc<Rules>>>,
+    /// With `--publish-rate`: each client's allowance. A leaf lock, taken
+    /// alone on the dispatch thread.
+    publish_rates: Option<Mutex<PublishRates>>,
 }
 
 struct Generation {
@@ -165,6 +175,14 @@ pub fn start(config: Config) -> io::Result<Running> {
     // Services on a Pi often start with a soft limit of 1024 descriptors.
     let _ = rlimit::increase_nofile_limit(u64::MAX);
     let fitted = fit_descriptors_to_address_space(&config);
+    let rules = match &config.auth_file {
+        None => None,
+        Some(path) => {
+            Some(Arc::new(load_rules(path).map_err(|e| {
+                io::Error::new(io::ErrorKind::InvalidData, e)
+            })?))
+        }
+    };
     let listener = bind(&config)?;
     let addr = listener.local_addr()?;
     let limits = HubLimits {
@@ -173,6 +191,7 @@ pub fn start(config: Config) -> io::Result<Running> {
         max_channels: config.max_channels,
         max_stored_bytes: config.max_stored_bytes,
         max_waiters: config.max_waiters,
+        max_waiters_per_client: config.max_waiters_per_client,
         max_stream: config.max_stream,
     };
     let (hub, journal) = match &config.data_dir {
@@ -207,6 +226,10 @@ pub fn start(config: Config) -> io::Result<Running> {
         kicker,
         quiet_period,
         journal: Mutex::new(journal),
+        rules: Mutex::new(rules),
+        publish_rates: config
+            .publish_rate_per_second
+            .map(|rate| Mutex::new(PublishRates::new(rate, config.publish_burst()))),
         config,
     });
     {
@@ -234,6 +257,12 @@ pub fn start(config: Config) -> io::Result<Running> {
     if let Some(fitted) = fitted {
         eprintln!("abide: {fitted}");
     }
+    if edge.config.auth_file.is_none() && !addr.ip().is_loopback() {
+        eprintln!(
+            "abide: warning: listening on {addr} without --auth-file: anyone who can reach it \
+             can publish, read and delete every channel (see \"Access control\" in the README)"
+        );
+    }
     Ok(Running { addr, edge })
 }
 
@@ -242,7 +271,7 @@ fn print_startup_line(c: &Config, addr: SocketAddr) {
         "abide {} listening on http://{addr} (max-waiters {}, timeout {}s default / {}s max, \
          buffer {} events, max-event-bytes {}, max-channels {}, max-stored-bytes {}, \
          idle-timeout {}s, write-timeout {}s, max-writers {}, event-ttl {}, sse-heartbeat {}s, \
-         max-stream {}, cors {}, demo {}); {}",
+         max-stream {}, cors {}, demo {}, {}); {}",
         env!("CARGO_PKG_VERSION"),
         c.max_waiters,
         c.default_timeout.as_secs(),
@@ -261,6 +290,7 @@ fn print_startup_line(c: &Config, addr: SocketAddr) {
             .map_or("off".to_string(), |t| format!("{}s", t.as_secs())),
         c.cors_origin.as_deref().unwrap_or("off"),
         if c.demo { "on" } else { "off" },
+        access_summary(c),
         match &c.data_dir {
             None => "events in memory only (lost at exit; --data-dir keeps them)".to_string(),
             Some(dir) => format!(
@@ -270,6 +300,50 @@ fn print_startup_line(c: &Config, addr: SocketAddr) {
             ),
         },
     );
+}
+
+/// The access settings, for the startup line.
+fn access_summary(c: &Config) -> String {
+    let mut text = match &c.auth_file {
+        None => "auth off".to_string(),
+        Some(path) => format!("auth-file {}", path.display()),
+    };
+    if c.auth_file.is_some() && c.public_metrics {
+        text.push_str(", public-metrics");
+    }
+    if let Some(share) = c.max_waiters_per_client {
+        text.push_str(&format!(", max-waiters-per-client {share}"));
+    }
+    if let Some(rate) = c.publish_rate_per_second {
+        text.push_str(&format!(
+            ", publish-rate {rate}/s burst {}",
+            c.publish_burst()
+        ));
+    }
+    if !c.trust_proxy.is_empty() {
+        let nets: Vec<String> = c.trust_proxy.iter().map(ToString::to_string).collect();
+        text.push_str(&format!(", trust-proxy {}", nets.join(" ")));
+    }
+    text
+}
+
+/// Reads and parses an auth file; the error names the file and the line.
+fn load_rules(path: &std::path::Path) -> Result<Rules, String> {
+    let fail = |reason: String| format!("--auth-file {}: {reason}", path.display());
+    let file = std::fs::File::open(path).map_err(|e| fail(e.to_string()))?;
+    let mut text = String::new();
+    io::Read::read_to_string(
+        &mut io::Read::take(file, auth::MAX_AUTH_FILE_BYTES + 1),
+        &mut text,
+    )
+    .map_err(|e| fail(e.to_string()))?;
+    if text.len() as u64 > auth::MAX_AUTH_FILE_BYTES {
+        return Err(fail(format!(
+            "larger than {} bytes",
+            auth::MAX_AUTH_FILE_BYTES
+        )));
+    }
+    Rules::parse(&text).map_err(|e| fail(e.to_string()))
 }
 
 /// The listening socket, with the timeouts every accepted connection inherits.
@@ -306,6 +380,11 @@ impl Running {
     /// Where abide reaches its own listener (loopback for a wildcard address).
     pub fn self_check_addr(&self) -> SocketAddr {
         loopback_of(self.addr)
+    }
+
+    /// A handle that re-reads `--auth-file` (on `SIGHUP`).
+    pub fn rules_reload(&self) -> RulesReload {
+        RulesReload(Arc::downgrade(&self.edge))
     }
 
     /// The value that stops this server when triggered.
@@ -345,6 +424,53 @@ impl Running {
                 .name("abide-closing".into())
                 .stack_size(DISPATCH_STACK_BYTES)
                 .spawn(move || edge.refuse_until_quiet(&generation.server));
+        }
+    }
+}
+
+/// Re-reads the auth file of a running server (`Running::rules_reload`).
+pub struct RulesReload(Weak<Edge>);
+
+impl RulesReload {
+    /// Re-reads `--auth-file` and puts its rules in force; with an error,
+    /// keeps the rules in force and returns it (the line and the reason).
+    /// Polls already held keep their wait; when the rules changed, open
+    /// streams end, and their clients reconnect under the new rules. Logs
+    /// what it did. Returns whether the rules changed.
+    pub fn reload(&self) -> Result<bool, String> {
+        let Some(edge) = self.0.upgrade() else {
+            return Ok(false);
+        };
+        let Some(path) = &edge.config.auth_file else {
+            return Err("no --auth-file to reload".into());
+        };
+        match load_rules(path) {
+            Ok(rules) => {
+                let count = rules.token_count();
+                let changed = {
+                    let mut current = edge.rules.lock();
+                    let changed = current.as_deref() != Some(&rules);
+                    *current = Some(Arc::new(rules));
+                    changed
+                };
+                if changed {
+                    edge.hub.end_streams();
+                }
+                eprintln!(
+                    "abide: --auth-file {} reloaded: {count} tokens{}",
+                    path.display(),
+                    if changed {
+                        "; open streams reconnect under the new rules"
+                    } else {
+                        " (unchanged)"
+                    }
+                );
+                Ok(changed)
+            }
+            Err(err) => {
+                eprintln!("abide: {err}; the rules in force are kept");
+                Err(err)
+            }
         }
     }
 }
@@ -640,11 +766,33 @@ impl Edge {
             }
             other => other,
         });
-        let reply = match action {
+        let action = match action {
+            Ok(action) => action,
             // A body that will not be read (the action has none) is left to
             // tiny_http, which reads a declared length to its end.
-            Err(err) => Reply::error(&err),
-            Ok(Action::Publish { channel }) => {
+            Err(err) => return refuse(request, err, Close::No),
+        };
+        let client = match self.admit(&request, &action) {
+            Ok(client) => client,
+            // A publish's body is not read: the connection closes unless
+            // tiny_http already holds all of it.
+            Err(err) => {
+                let close = match holds_unread_body(&request) {
+                    true => Close::Yes,
+                    false => Close::No,
+                };
+                return refuse(request, err, close);
+            }
+        };
+        let action = match action {
+            Action::Poll(mut spec) => {
+                spec.client = client;
+                Action::Poll(spec)
+            }
+            other => other,
+        };
+        let reply = match action {
+            Action::Publish { channel } => {
                 return self.writer.submit(Work::Publish {
                     request,
                     channel,
@@ -654,7 +802,7 @@ impl Edge {
             // Behind other requests of its connection, a poll or a deletion
             // takes effect in its turn, after theirs (and a poll then takes
             // its slot only at the head: one connection, one slot).
-            Ok(Action::Poll(spec)) if self.lane_busy(&request) => {
+            Action::Poll(spec) if self.lane_busy(&request) => {
                 return self.writer.submit(Work::Poll {
                     request,
                     spec,
@@ -662,7 +810,7 @@ impl Edge {
                 });
             }
             // With a store, a deletion waits for its commit: on a writer.
-            Ok(Action::DeleteChannel { channel })
+            Action::DeleteChannel { channel }
                 if self.lane_busy(&request) || self.writer.has_store() =>
             {
                 return self.writer.submit(Work::Delete {
@@ -671,7 +819,7 @@ impl Edge {
                     started,
                 });
             }
-            Ok(Action::Poll(spec)) => match self.hub.begin_poll(&spec) {
+            Action::Poll(spec) => match self.hub.begin_poll(&spec) {
                 Ok(PollStart::Now(answer)) => Reply::poll(answer),
                 Ok(PollStart::Wait(ticket)) => {
                     return self.writer.submit(Work::Wait {
@@ -682,27 +830,25 @@ impl Edge {
                 }
                 Err(err) => Reply::error(&err),
             },
-            Ok(Action::ChannelInfo { channel }) => match self.hub.channel_info(&channel) {
+            Action::ChannelInfo { channel } => match self.hub.channel_info(&channel) {
                 Some(info) => Reply::json(200, info.to_string()),
                 None => Reply::error(&Error::NotFound(format!(
                     "channel {channel} holds no events and has no waiters"
                 ))),
             },
-            Ok(Action::DeleteChannel { channel }) => {
+            Action::DeleteChannel { channel } => {
                 self.hub.delete(&channel);
                 Reply::empty(204)
             }
-            Ok(Action::Demo) => demo::reply(),
-            Ok(Action::Healthz) => Reply::json(200, r#"{"status":"ok"}"#.into()),
-            Ok(Action::Stats) => {
-                Reply::json(200, self.hub.stats().with_process_figures().to_json())
-            }
-            Ok(Action::Metrics) => Reply::text(
+            Action::Demo => demo::reply(),
+            Action::Healthz => Reply::json(200, r#"{"status":"ok"}"#.into()),
+            Action::Stats => Reply::json(200, self.hub.stats().with_process_figures().to_json()),
+            Action::Metrics => Reply::text(
                 200,
                 "text/plain; version=0.0.4; charset=utf-8",
                 self.hub.stats().with_process_figures().to_prometheus(),
             ),
-            Ok(Action::Options { allow }) => {
+            Action::Options { allow } => {
                 let mut reply = Reply::empty(204);
                 reply.headers.push(("Allow", allow.into()));
                 if self.config.cors_origin.is_some() {
@@ -710,7 +856,7 @@ impl Edge {
                         ("Access-Control-Allow-Methods", "GET, POST, DELETE".into()),
                         (
                             "Access-Control-Allow-Headers",
-                            "Content-Type, Last-Event-ID".into(),
+                            "Authorization, Content-Type, Last-Event-ID".into(),
                         ),
                         ("Access-Control-Max-Age", "600".into()),
                     ]);
@@ -725,6 +871,79 @@ impl Edge {
             close: Close::No,
         })
     }
+}
+
+impl Edge {
+    /// Admits a request under `--auth-file` and the client's shares, or
+    /// refuses it (`401`, `403`, `429`; counted). Returns the client, when
+    /// a share counts it (`--max-waiters-per-client`, `--publish-rate`).
+    fn admit(&self, request: &Request, action: &Action) -> Result<Option<Client>, Error> {
+        let need = Need::of(action, self.config.public_metrics);
+        if need == Need::Nothing {
+            return Ok(None);
+        }
+        let rules = self.rules.lock().clone();
+        let caller = match rules {
+            None => Caller::Anonymous,
+            Some(rules) => {
+                let authorization = single_header(request, "Authorization")?;
+                let query = request.url().split_once('?').map_or("", |(_, q)| q);
+                let token = auth::presented_token(authorization, query)?;
+                rules.admit(token.as_deref(), &need).inspect_err(|err| {
+                    let refusal = match err {
+                        Error::Forbidden(_) => Refusal::Forbidden,
+                        _ => Refusal::Unauthenticated,
+                    };
+                    self.hub.count_refusal(refusal);
+                })?
+            }
+        };
+        if self.config.max_waiters_per_client.is_none() && self.publish_rates.is_none() {
+            return Ok(None);
+        }
+        let peer = request
+            .remote_addr()
+            .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |a| a.ip());
+        let forwarded_for: Vec<&str> = all_headers(request.headers())
+            .iter()
+            .filter(|h| h.field.equiv("X-Forwarded-For"))
+            .map(|h| h.value.as_str())
+            .collect();
+        let address = auth::client_address(peer, &forwarded_for, &self.config.trust_proxy);
+        let client = Client::new(&caller, address);
+        if let (Action::Publish { .. }, Some(rates)) = (action, &self.publish_rates) {
+            let taken = rates.lock().take(&client, Instant::now());
+            if let Err(wait) = taken {
+                self.hub.count_refusal(Refusal::PublishRate);
+                return Err(Error::TooManyRequests {
+                    message: format!(
+                        "{client} publishes faster than --publish-rate ({} events/s, bursts of {}); \
+                         retry in {:.1} s",
+                        self.config.publish_rate_per_second.unwrap_or_default(),
+                        self.config.publish_burst(),
+                        wait.as_secs_f64()
+                    ),
+                    retry_after_secs: wait.as_secs_f64().ceil().max(1.0) as u32,
+                });
+            }
+        }
+        Ok(Some(client))
+    }
+}
+
+/// The value of a header that may appear once: a repeated one is a `400`
+/// (two `Authorization` headers could be read two ways).
+fn single_header<'r>(request: &'r Request, name: &str) -> Result<Option<&'r str>, Error> {
+    let mut found = all_headers(request.headers())
+        .iter()
+        .filter(|h| h.field.equiv(name));
+    let first = found.next().map(|h| h.value.as_str());
+    if found.next().is_some() {
+        return Err(Error::BadRequest(format!(
+            "header {name} given more than once"
+        )));
+    }
+    Ok(first)
 }
 
 fn shutting_down() -> Error {

@@ -47,6 +47,7 @@ use std::time::{Duration, Instant, SystemTime};
 use parking_lot::Mutex;
 use tiny_http::{HTTPVersion, Header, Method, Request, Response, StatusCode};
 
+use crate::api::auth;
 use crate::api::reply::{MISSED_HEADER, Reply};
 use crate::api::request;
 use crate::api::request::PollSpec;
@@ -1098,7 +1099,7 @@ impl Writer {
             headers.push(("Access-Control-Allow-Origin", origin.clone()));
             headers.push((
                 "Access-Control-Expose-Headers",
-                format!("{MISSED_HEADER}, Retry-After"),
+                format!("{MISSED_HEADER}, Retry-After, WWW-Authenticate"),
             ));
             if origin != "*" {
                 headers.push(("Vary", "Origin".into()));
@@ -1170,7 +1171,7 @@ impl Writer {
             "{} {peer} {} {} {status} {:.1}ms",
             humantime::format_rfc3339_millis(SystemTime::now()),
             printable(method, 32),
-            printable(target, LOG_TARGET_CHARS),
+            printable(&auth::redact_token(target), LOG_TARGET_CHARS),
             started.elapsed().as_secs_f64() * 1000.0
         );
     }
@@ -1225,7 +1226,7 @@ fn head_bytes(request: &Request) -> usize {
 /// Whether dropping `request` would read from its connection: tiny_http
 /// reads a body it did not buffer (a chunked one, a larger one than 1 KiB,
 /// or one announced with `Expect: 100-continue`) to its end on drop.
-fn holds_unread_body(request: &Request) -> bool {
+pub fn holds_unread_body(request: &Request) -> bool {
     request.body_length().is_none_or(|length| length > 0)
         && all_headers(request.headers())
             .iter()

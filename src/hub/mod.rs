@@ -32,17 +32,22 @@ use std::time::{Duration, Instant, SystemTime};
 use crossbeam_channel::Sender;
 use parking_lot::{Condvar, Mutex};
 
+use crate::api::auth::Client;
 use crate::api::request::PollSpec;
 use crate::error::Error;
 use crate::hub::channel::{Batch, Channel, WaiterId};
 use crate::hub::event::{Event, IdClock, wall_micros};
-use crate::hub::stats::Stats;
+use crate::hub::stats::{Refusal, RefusedCounts, Stats};
 
 /// Most bytes of events in one poll answer: when events are large, an
 /// answer holds fewer than its `limit` (at least one), and the client gets
 /// the rest with its next poll. So one answer never builds more than this
 /// (plus one event) in memory, whatever `limit` asks for.
 pub const MAX_ANSWER_BYTES: usize = 1024 * 1024;
+
+/// `Retry-After` of a poll refused because its client holds its share of
+/// slots: about when one of its polls may have been answered.
+const CLIENT_SHARE_RETRY_SECS: u32 = 5;
 
 /// The deadline of a stream without `--max-stream-seconds`.
 const STREAM_FOREVER: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
@@ -55,6 +60,9 @@ pub struct HubLimits {
     pub max_channels: usize,
     pub max_stored_bytes: usize,
     pub max_waiters: usize,
+    /// Slots one client may hold (`--max-waiters-per-client`); `None`: no
+    /// share beyond `max_waiters`.
+    pub max_waiters_per_client: Option<usize>,
     /// A stream ends after this long (`--max-stream-seconds`); `None`: never.
     pub max_stream: Option<Duration>,
 }
@@ -126,6 +134,9 @@ struct Counters {
     requests_malformed: AtomicU64,
     store_commits: AtomicU64,
     store_errors: AtomicU64,
+    /// Requests refused by the access rules or the per-client shares, by
+    /// `Refusal` (its discriminant).
+    refused: [AtomicU64; Refusal::ALL.len()],
 }
 
 /// Everything behind the lock.
@@ -158,6 +169,12 @@ struct State {
     /// Of those, open streams.
     streams: usize,
     peak_waiters: usize,
+    /// Slots held per client (`PollSpec::client`), with
+    /// `--max-waiters-per-client` only; a client is removed when it holds
+    /// none, so there are never more entries than slots.
+    slots_by_client: HashMap<Client, usize>,
+    /// Bumped by `end_streams`: a stream begun under an older one ends.
+    streams_epoch: u64,
     shutting_down: bool,
 }
 
@@ -212,6 +229,10 @@ pub struct Ticket {
     gap_pending: bool,
     /// The highest dropped id a stream has announced as a gap.
     gap_told_through: u64,
+    /// `State::streams_epoch` when the stream began.
+    streams_epoch: u64,
+    /// The client counted in `State::slots_by_client` for this slot.
+    client: Option<Client>,
 }
 
 /// Ends a held poll early (`Hub::wait` then answers with what it has): a
@@ -307,6 +328,8 @@ impl Hub {
                     waiters: 0,
                     streams: 0,
                     peak_waiters: 0,
+                    slots_by_client: HashMap::new(),
+                    streams_epoch: 0,
                     shutting_down: false,
                 }),
                 limits,
@@ -508,6 +531,27 @@ impl Hub {
                 return Ok(PollStart::Now(Answer::Empty { missed }));
             }
         }
+        let client = spec
+            .client
+            .as_ref()
+            .filter(|_| limits.max_waiters_per_client.is_some());
+        if let (Some(client), Some(share)) = (client, limits.max_waiters_per_client) {
+            if st
+                .slots_by_client
+                .get(client)
+                .is_some_and(|held| *held >= share)
+            {
+                drop(st);
+                self.count_refusal(Refusal::ClientWaiters);
+                return Err(Error::TooManyRequests {
+                    message: format!(
+                        "{client} already holds {share} polls or streams (--max-waiters-per-client); \
+                         retry once one is answered"
+                    ),
+                    retry_after_secs: CLIENT_SHARE_RETRY_SECS,
+                });
+            }
+        }
         if st.waiters >= limits.max_waiters {
             drop(st);
             self.shared.counters.polls_rejected.fetch_add(1, Relaxed);
@@ -553,6 +597,9 @@ impl Hub {
         }
         st.waiters += 1;
         st.streams += usize::from(spec.stream);
+        if let Some(client) = client {
+            *st.slots_by_client.entry(client.clone()).or_default() += 1;
+        }
         st.peak_waiters = st.peak_waiters.max(st.waiters);
         let deadline = match (spec.stream, limits.max_stream) {
             (false, _) => now + spec.timeout + jitter(spec.timeout),
@@ -571,6 +618,8 @@ impl Hub {
             stream: spec.stream,
             gap_pending: spec.stream && future,
             gap_told_through: 0,
+            streams_epoch: st.streams_epoch,
+            client: client.cloned(),
         }))
     }
 
@@ -650,7 +699,8 @@ impl Hub {
                 ticket.cursor = ticket.cursor.max(batch.dropped_through);
                 return StreamStep::Missed;
             }
-            if ticket.answer_now.load(Relaxed) || now >= ticket.deadline {
+            let renewed = st.streams_epoch != ticket.streams_epoch;
+            if ticket.answer_now.load(Relaxed) || now >= ticket.deadline || renewed {
                 return StreamStep::End;
             }
             if now >= heartbeat_at {
@@ -696,6 +746,28 @@ impl Hub {
             "events": ch.len(),
             "waiters": ch.waiters.len(),
         }))
+    }
+
+    /// Ends every open stream (its client reconnects from its cursor and is
+    /// admitted again: after the access rules changed). Held polls keep
+    /// their wait.
+    pub fn end_streams(&self) {
+        let mut st = self.shared.state.lock();
+        st.streams_epoch += 1;
+        // The hub does not know which waiters are streams: every waiter is
+        // woken, and polls find nothing new and wait on.
+        let wake: Vec<Arc<Condvar>> = st
+            .channels
+            .values()
+            .flat_map(|c| c.waiters.values().cloned())
+            .collect();
+        drop(st);
+        drop(Wake(wake));
+    }
+
+    /// Counts a request refused by the access rules or a client's share.
+    pub fn count_refusal(&self, refusal: Refusal) {
+        self.shared.counters.refused[refusal as usize].fetch_add(1, Relaxed);
     }
 
     /// Answers every waiting poll (`204`) and refuses new polls and publishes.
@@ -793,6 +865,7 @@ impl Hub {
             store,
             store_commits: c.store_commits.load(Relaxed),
             store_errors: c.store_errors.load(Relaxed),
+            requests_refused: RefusedCounts::from_fn(|r| c.refused[r as usize].load(Relaxed)),
             uptime_seconds: self.shared.started.elapsed().as_secs(),
             threads: None,
             resident_bytes: None,
@@ -807,6 +880,14 @@ impl Drop for Ticket {
         st.unregister(self);
         st.waiters -= 1;
         st.streams -= usize::from(self.stream);
+        if let Some(client) = &self.client {
+            if let Some(held) = st.slots_by_client.get_mut(client) {
+                *held -= 1;
+                if *held == 0 {
+                    st.slots_by_client.remove(client);
+                }
+            }
+        }
     }
 }
 
@@ -1155,6 +1236,7 @@ mod tests {
             max_channels: 100,
             max_stored_bytes: 1 << 20,
             max_waiters: 2,
+            max_waiters_per_client: None,
             max_stream: None,
         }
     }
@@ -1166,6 +1248,7 @@ mod tests {
             timeout: Duration::from_secs(timeout_secs),
             limit: 100,
             stream: false,
+            client: None,
         }
     }
 
@@ -1509,5 +1592,65 @@ mod tests {
         ));
         drop((ticket, future));
         assert_eq!(hub.stats().streams, 0);
+    }
+
+    /// A client holds at most its share of slots (429, counted); another client still gets one, and a slot given back is free again.
+    #[test]
+    fn a_client_holds_at_most_its_share_of_slots() {
+        let hub = Hub::new(HubLimits {
+            max_waiters: 4,
+            max_waiters_per_client: Some(2),
+            ..limits()
+        });
+        let client = |name: &str| Some(Client::Token(name.into()));
+        let poll = |who: &str| PollSpec {
+            client: client(who),
+            ..spec(&["a"], 0, 60)
+        };
+        let take = |who: &str| match hub.begin_poll(&poll(who)) {
+            Ok(PollStart::Wait(ticket)) => Ok(ticket),
+            Ok(PollStart::Now(answer)) => panic!("{answer:?}"),
+            Err(err) => Err(err),
+        };
+        let first = take("x").unwrap();
+        let _second = take("x").unwrap();
+        let err = take("x").err().unwrap();
+        assert_eq!(err.status(), 429);
+        assert!(
+            err.to_string().contains("--max-waiters-per-client"),
+            "{err}"
+        );
+        assert_eq!(hub.stats().requests_refused.client_waiters, 1);
+        let _other = take("y").unwrap();
+        drop(first);
+        let _third = take("x").unwrap();
+        assert_eq!(hub.stats().waiters, 3);
+        // Entries go with the last slot: no client is remembered for nothing.
+        drop((_second, _third, _other));
+        assert!(hub.shared.state.lock().slots_by_client.is_empty());
+    }
+
+    /// `end_streams` ends every open stream (they reconnect under new rules) and leaves held polls waiting.
+    #[test]
+    fn end_streams_ends_streams_not_polls() {
+        let hub = Hub::new(HubLimits {
+            max_waiters: 4,
+            ..limits()
+        });
+        let mut stream_spec = spec(&["a"], 0, 60);
+        stream_spec.stream = true;
+        let PollStart::Wait(mut stream) = hub.begin_poll(&stream_spec).unwrap() else {
+            panic!("a stream always waits");
+        };
+        let poll = wait_on_thread(&hub, spec(&["a"], 0, 60));
+        hub.end_streams();
+        let later = Instant::now() + Duration::from_secs(60);
+        assert!(matches!(
+            hub.next_for_stream(&mut stream, later),
+            StreamStep::End
+        ));
+        // The poll still waits: a publish answers it with the event.
+        let id = hub.publish("a", "1").unwrap().id;
+        assert_eq!(ids(&poll.join().unwrap()), [id]);
     }
 }

@@ -9,6 +9,67 @@ use std::fmt::Write as _;
 
 use serde::Serialize;
 
+/// Why a request was refused by the access rules or a client's share.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// `401`: no token where one is needed, or an unknown one.
+    Unauthenticated,
+    /// `403`: a known token without the right.
+    Forbidden,
+    /// `429`: the client holds `--max-waiters-per-client` slots.
+    ClientWaiters,
+    /// `429`: the client publishes faster than `--publish-rate`.
+    PublishRate,
+}
+
+impl Refusal {
+    pub const ALL: [Refusal; 4] = [
+        Refusal::Unauthenticated,
+        Refusal::Forbidden,
+        Refusal::ClientWaiters,
+        Refusal::PublishRate,
+    ];
+
+    /// Its name in `/stats` and in the `reason` label of `/metrics`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Refusal::Unauthenticated => "unauthenticated",
+            Refusal::Forbidden => "forbidden",
+            Refusal::ClientWaiters => "client_waiters",
+            Refusal::PublishRate => "publish_rate",
+        }
+    }
+}
+
+/// Requests refused since start, by `Refusal`.
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct RefusedCounts {
+    pub unauthenticated: u64,
+    pub forbidden: u64,
+    pub client_waiters: u64,
+    pub publish_rate: u64,
+}
+
+impl RefusedCounts {
+    pub fn from_fn(count: impl Fn(Refusal) -> u64) -> RefusedCounts {
+        RefusedCounts {
+            unauthenticated: count(Refusal::Unauthenticated),
+            forbidden: count(Refusal::Forbidden),
+            client_waiters: count(Refusal::ClientWaiters),
+            publish_rate: count(Refusal::PublishRate),
+        }
+    }
+
+    fn get(&self, refusal: Refusal) -> u64 {
+        match refusal {
+            Refusal::Unauthenticated => self.unauthenticated,
+            Refusal::Forbidden => self.forbidden,
+            Refusal::ClientWaiters => self.client_waiters,
+            Refusal::PublishRate => self.publish_rate,
+        }
+    }
+}
+
 /// A snapshot of the server's state and counters.
 #[derive(Debug, Clone, Serialize)]
 pub struct Stats {
@@ -45,6 +106,9 @@ pub struct Stats {
     pub requests_overloaded: u64,
     /// Request heads refused as malformed, by tiny_http or by abide.
     pub requests_malformed: u64,
+    /// Requests refused by the access rules (`401`, `403`) or a client's
+    /// share (`429`), by reason.
+    pub requests_refused: RefusedCounts,
     /// Where events are kept: `memory`, or `sqlite` (`--data-dir`).
     pub store: &'static str,
     /// Transactions the store committed (each carries a batch of events).
@@ -225,6 +289,19 @@ impl Stats {
             "Resident memory of the process.",
             self.resident_bytes,
         );
+        let _ = writeln!(
+            out,
+            "# HELP abide_requests_refused_total Requests refused by the access rules or a client's share.\n\
+             # TYPE abide_requests_refused_total counter"
+        );
+        for refusal in Refusal::ALL {
+            let _ = writeln!(
+                out,
+                "abide_requests_refused_total{{reason=\"{}\"}} {}",
+                refusal.name(),
+                self.requests_refused.get(refusal)
+            );
+        }
         out
     }
 }

@@ -532,6 +532,7 @@ mod tests {
             max_channels: 100,
             max_stored_bytes: 1 << 20,
             max_waiters: 10,
+            max_waiters_per_client: None,
             max_stream: None,
         }
     }
