@@ -1072,7 +1072,9 @@ fn metrics_are_prometheus_text_matching_stats() {
         }
     }
     assert!(!samples.is_empty(), "{}", resp.body);
-    for name in samples.keys() {
+    for sample in samples.keys() {
+        // A labelled sample (`name{reason="x"}`) shares its family's HELP and TYPE.
+        let name = sample.split('{').next().expect("a name");
         assert!(name.starts_with("abide_"), "{name} lacks the abide_ prefix");
         assert!(helps.contains(name), "{name} has no HELP line");
         let kind = types
@@ -1104,6 +1106,22 @@ fn metrics_are_prometheus_text_matching_stats() {
             .or_else(|| samples.get(&format!("abide_{field}_total")))
             .unwrap_or_else(|| panic!("no metric for {field}: {}", resp.body));
         assert_eq!(*value, stats[field].as_u64().unwrap() as f64, "{field}");
+    }
+    for reason in [
+        "unauthenticated",
+        "forbidden",
+        "client_waiters",
+        "publish_rate",
+    ] {
+        let sample = format!("abide_requests_refused_total{{reason=\"{reason}\"}}");
+        let value = samples
+            .get(&sample)
+            .unwrap_or_else(|| panic!("no {sample}: {}", resp.body));
+        assert_eq!(
+            *value,
+            stats["requests_refused"][reason].as_u64().unwrap() as f64,
+            "{reason}"
+        );
     }
     let uptime = samples.get("abide_uptime_seconds").expect("uptime metric");
     assert!(*uptime >= stats["uptime_seconds"].as_u64().unwrap() as f64);

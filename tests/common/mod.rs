@@ -163,6 +163,34 @@ impl Http {
         into_resp(self.agent.delete(self.url(path)).call())
     }
 
+    /// Any request: `method` on `path` with `headers`, and a JSON `body`
+    /// when given.
+    pub fn request(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Option<&str>,
+    ) -> Resp {
+        let mut request = ureq::http::Request::builder()
+            .method(method)
+            .uri(self.url(path));
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        let result = match body {
+            Some(body) => {
+                let request = request
+                    .header("Content-Type", "application/json")
+                    .body(body.to_string())
+                    .expect("a request");
+                self.agent.run(request)
+            }
+            None => self.agent.run(request.body(()).expect("a request")),
+        };
+        into_resp(result)
+    }
+
     /// Publishes `data` on `channel` and returns the stored event's id.
     pub fn publish(&self, channel: &str, data: &str) -> u64 {
         let resp = self.post(&format!("/channels/{channel}/events"), data);
