@@ -421,3 +421,58 @@ fn attacks_stop_at_the_nginx_front() {
     let log = front.error_log();
     assert!(!log.contains("[emerg]"), "{log}");
 }
+
+/// Behind the front with the README's access settings: a token passes through, a client gets its own publish allowance by the address nginx saw, and an X-Forwarded-For the client writes itself buys it nothing.
+#[test]
+#[cfg_attr(
+    not(abide_nginx),
+    ignore = "needs nginx (apt-get install nginx-light; .ci/run installs it)"
+)]
+fn tokens_and_shares_work_through_the_nginx_front() {
+    let dir = common::TempDir::new("nginx-auth");
+    let auth = dir.path().join("auth");
+    let token = "abide_front-token";
+    std::fs::write(
+        &auth,
+        format!(
+            "token front {} publish,subscribe *\n",
+            abide::token_hash_text(token)
+        ),
+    )
+    .unwrap();
+    let abide = Abide::serve(&[
+        "--auth-file",
+        auth.to_str().unwrap(),
+        "--trust-proxy",
+        "127.0.0.1",
+        "--publish-rate",
+        "0.01",
+        "--publish-burst",
+        "1",
+        "--quiet",
+    ]);
+    let front = Nginx::start(abide.addr);
+    let publish = |headers: &str| {
+        front.request(
+            "POST",
+            "/channels/a/events",
+            &format!("Content-Type: application/json\r\n{headers}"),
+            "1",
+        )
+    };
+    let refused = publish("");
+    refused.assert_error(401, "publish");
+    assert!(
+        refused
+            .header("www-authenticate")
+            .is_some_and(|v| v.starts_with("Bearer")),
+        "{refused:?}"
+    );
+    let bearer = format!("Authorization: Bearer {token}\r\n");
+    assert_eq!(publish(&bearer).status, 201);
+    // The token's allowance is spent; another address written by the
+    // client is not another client.
+    publish(&format!("{bearer}X-Forwarded-For: 192.0.2.77\r\n")).assert_error(429, "token front");
+    let resp = front.get(&format!("/channels/a/events?timeout=0&token={token}"));
+    assert_eq!(resp.ids().len(), 1, "{resp:?}");
+}
