@@ -547,6 +547,8 @@ pub fn redact_token(target: &str) -> Cow<'_, str> {
 /// written by the client and proves nothing).
 pub fn client_address(peer: IpAddr, forwarded_for: &[&str], trusted: &[IpNet]) -> IpAddr {
     let is_trusted = |ip: &IpAddr| trusted.iter().any(|net| net.contains(ip));
+    // A listener on `[::]` sees IPv4 peers as `::ffff:a.b.c.d`.
+    let peer = peer.to_canonical();
     if !is_trusted(&peer) {
         return peer;
     }
@@ -977,6 +979,11 @@ mod tests {
         assert_eq!(
             client_address(proxy, &["::ffff:192.0.2.7"], &trusted),
             ip("192.0.2.7")
+        );
+        let mapped_proxy = ip("::ffff:127.0.0.1");
+        assert_eq!(
+            client_address(mapped_proxy, &["192.0.2.1"], &trusted),
+            ip("192.0.2.1")
         );
     }
 

@@ -878,11 +878,15 @@ impl Edge {
     /// refuses it (`401`, `403`, `429`; counted). Returns the client, when
     /// a share counts it (`--max-waiters-per-client`, `--publish-rate`).
     fn admit(&self, request: &Request, action: &Action) -> Result<Option<Client>, Error> {
+        let rules = self.rules.lock().clone();
+        let shares = self.config.max_waiters_per_client.is_some() || self.publish_rates.is_some();
+        if rules.is_none() && !shares {
+            return Ok(None);
+        }
         let need = Need::of(action, self.config.public_metrics);
         if need == Need::Nothing {
             return Ok(None);
         }
-        let rules = self.rules.lock().clone();
         let caller = match rules {
             None => Caller::Anonymous,
             Some(rules) => {
@@ -898,7 +902,7 @@ impl Edge {
                 })?
             }
         };
-        if self.config.max_waiters_per_client.is_none() && self.publish_rates.is_none() {
+        if !shares {
             return Ok(None);
         }
         let peer = request
