@@ -332,6 +332,8 @@ impl Rules {
     /// nothing but the open routes.
     pub fn parse(text: &str) -> Result<Rules, RulesError> {
         let mut rules = Rules::default();
+        // An editor's byte order mark is not part of the first rule.
+        let text = text.strip_prefix('\u{feff}').unwrap_or(text);
         for (i, line) in text.lines().enumerate() {
             let line_number = i + 1;
             let fail = |message: String| RulesError {
@@ -397,6 +399,11 @@ impl Rules {
             }
         }
         Ok(rules)
+    }
+
+    /// Whether requests without a token may do anything beyond the open routes.
+    pub fn anonymous_allowed(&self) -> bool {
+        !self.anonymous.is_empty()
     }
 
     /// Tokens the rules know.
@@ -819,6 +826,18 @@ mod tests {
             rules().admit(None, &Need::of(&stats, true)),
             Ok(Caller::Anonymous)
         );
+    }
+
+    /// Windows line ends, tabs and a byte order mark are read like plain text.
+    #[test]
+    fn crlf_tabs_and_a_byte_order_mark_are_fine() {
+        let text = format!(
+            "\u{feff}token\ta\t{}\tpublish\t*\r\nanonymous subscribe x\r\n",
+            token_hash_text("t")
+        );
+        let rules = Rules::parse(&text).unwrap();
+        assert_eq!(rules.token_count(), 1);
+        assert!(rules.anonymous_allowed());
     }
 
     /// An empty file admits nothing but the open routes.

@@ -257,6 +257,17 @@ pub fn start(config: Config) -> io::Result<Running> {
     if let Some(fitted) = fitted {
         eprintln!("abide: {fitted}");
     }
+    if let (Some(path), Some(rules)) = (&edge.config.auth_file, edge.rules.lock().as_ref()) {
+        eprintln!(
+            "abide: access rules from {}: {} tokens; without a token: {}",
+            path.display(),
+            rules.token_count(),
+            match rules.anonymous_allowed() {
+                true => "what the anonymous rules allow",
+                false => "nothing but /healthz, the demo page and preflights",
+            }
+        );
+    }
     if edge.config.auth_file.is_none() && !addr.ip().is_loopback() {
         eprintln!(
             "abide: warning: listening on {addr} without --auth-file: anyone who can reach it \
