@@ -12,7 +12,9 @@
 //! margin, so the server's `204` always comes first (and a client-side timeout
 //! is just an empty poll); network errors and `5xx` are retried with
 //! exponential backoff and full jitter, honouring `Retry-After`, and the
-//! backoff resets after a success; other `4xx` (not `408`/`429`) stop.
+//! backoff resets after a success; other `4xx` (not `408`/`429`) stop, among
+//! them a refused token (`401`, `403`). A token (`Client::with_token`,
+//! `WatchOptions::token`) goes with every request as `Authorization: Bearer`.
 
 use std::fmt;
 use std::fs;
@@ -118,6 +120,8 @@ pub enum StreamMessage {
 pub struct Client {
     agent: ureq::Agent,
     base_url: String,
+    /// `Bearer TOKEN`, sent with every request when a token is set.
+    authorization: Option<String>,
 }
 
 impl Client {
@@ -135,6 +139,22 @@ impl Client {
         Client {
             agent,
             base_url: base_url.trim_end_matches('/').to_string(),
+            authorization: None,
+        }
+    }
+
+    /// The same client presenting `token` (`Authorization: Bearer TOKEN`)
+    /// with every request it makes; `None` presents none.
+    pub fn with_token(mut self, token: Option<&str>) -> Client {
+        self.authorization = token.map(|token| format!("Bearer {token}"));
+        self
+    }
+
+    /// `request` with the token, if there is one.
+    fn authorized<B>(&self, request: ureq::RequestBuilder<B>) -> ureq::RequestBuilder<B> {
+        match &self.authorization {
+            Some(value) => request.header("Authorization", value),
+            None => request,
         }
     }
 
@@ -143,8 +163,7 @@ impl Client {
         check_channel(channel)?;
         let url = format!("{}/channels/{channel}/events", self.base_url);
         let result = self
-            .agent
-            .post(&url)
+            .authorized(self.agent.post(&url))
             .header("Content-Type", "application/json")
             .send(json);
         let (status, _missed, body) = read_answer(result)?;
@@ -187,7 +206,7 @@ impl Client {
                 ("limit", limit.to_string()),
             ],
         );
-        let result = self.agent.get(&url).call();
+        let result = self.authorized(self.agent.get(&url)).call();
         if let Err(ureq::Error::Timeout(_)) = result {
             return Ok(Batch {
                 events: Vec::new(),
@@ -229,7 +248,10 @@ impl Client {
             .timeout_recv_body(Some(max_open))
             .build()
             .into();
-        let result = agent.get(&url).header("Accept", "text/event-stream").call();
+        let result = self
+            .authorized(agent.get(&url))
+            .header("Accept", "text/event-stream")
+            .call();
         let response = match result {
             Ok(response) if response.status() == 200 => response,
             other => {
@@ -408,7 +430,7 @@ impl Backoff {
 }
 
 /// What `Watcher::run` is told to do.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct WatchOptions {
     pub base_url: String,
     pub channels: Vec<String>,
@@ -422,6 +444,33 @@ pub struct WatchOptions {
     pub stream: bool,
     pub backoff_initial: Duration,
     pub backoff_max: Duration,
+    /// Presented with every poll and stream (`Authorization: Bearer`).
+    pub token: Option<String>,
+}
+
+/// Every field but the token's text (it is a password).
+impl fmt::Debug for WatchOptions {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("WatchOptions")
+            .field("base_url", &self.base_url)
+            .field("channels", &self.channels)
+            .field("from", &self.from)
+            .field("cursor_file", &self.cursor_file)
+            .field("timeout", &self.timeout)
+            .field("limit", &self.limit)
+            .field("stream", &self.stream)
+            .field("backoff_initial", &self.backoff_initial)
+            .field("backoff_max", &self.backoff_max)
+            .field("token", &self.token.as_ref().map(|_| "REDACTED"))
+            .finish()
+    }
+}
+
+impl WatchOptions {
+    /// A fresh client for these options (server, timeout, token).
+    fn client(&self) -> Client {
+        Client::new(&self.base_url, self.timeout).with_token(self.token.as_deref())
+    }
 }
 
 /// Things the loop reports besides events.
@@ -441,8 +490,9 @@ pub enum Note<'a> {
 pub enum WatchEnd {
     /// `Shutdown` was triggered.
     Stopped,
-    /// An error not worth retrying (a `4xx`, a bad answer, a cursor file error).
-    Failed(String),
+    /// An error not worth retrying (a `4xx` such as a refused token, a bad
+    /// answer, a cursor file error).
+    Failed(ClientError),
 }
 
 /// The poll loop: keeps the cursor, writes the cursor file, retries.
@@ -468,7 +518,7 @@ impl Watcher {
             (None, None) => 0,
         };
         Ok(Watcher {
-            client: Client::new(&options.base_url, options.timeout),
+            client: options.client(),
             backoff: Backoff::new(options.backoff_initial, options.backoff_max),
             options,
             cursor,
@@ -596,7 +646,7 @@ impl Watcher {
                 Err(error) if error.is_retryable() => {
                     // Next time, a fresh connection: the failed one may lead
                     // to a server that is going away.
-                    self.client = Client::new(&self.options.base_url, self.options.timeout);
+                    self.client = self.options.client();
                     let jittered = self.backoff.next_delay();
                     let delay = error.retry_after().unwrap_or(jittered);
                     note(Note::Retrying {
@@ -607,7 +657,7 @@ impl Watcher {
                         break;
                     }
                 }
-                Err(error) => return WatchEnd::Failed(error.to_string()),
+                Err(error) => return WatchEnd::Failed(error),
             }
         }
         WatchEnd::Stopped
@@ -677,9 +727,31 @@ mod tests {
         assert!(status(408).is_retryable());
         assert!(status(429).is_retryable());
         assert!(!status(400).is_retryable());
+        assert!(!status(401).is_retryable());
+        assert!(!status(403).is_retryable());
         assert!(!status(404).is_retryable());
         assert!(!status(410).is_retryable());
         assert!(ClientError::Network("refused".into()).is_retryable());
+    }
+
+    /// A token set in WatchOptions is not shown by Debug (it is a password).
+    #[test]
+    fn watch_options_debug_hides_the_token() {
+        let options = WatchOptions {
+            base_url: "http://127.0.0.1:8080".into(),
+            channels: vec!["chat".into()],
+            from: None,
+            cursor_file: None,
+            timeout: Duration::from_secs(30),
+            limit: 100,
+            stream: false,
+            backoff_initial: Duration::from_millis(500),
+            backoff_max: Duration::from_secs(30),
+            token: Some("abide_secret-token".into()),
+        };
+        let shown = format!("{options:?}");
+        assert!(!shown.contains("secret"), "{shown}");
+        assert!(shown.contains("REDACTED"), "{shown}");
     }
 
     /// The cursor file round-trips, starts at 0 when absent, and refuses garbage.

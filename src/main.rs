@@ -70,6 +70,9 @@ struct Publish {
     /// server URL (default http://127.0.0.1:8080)
     #[argh(option, default = "String::from(DEFAULT_URL)")]
     url: String,
+    /// token to present (Authorization: Bearer) where the server's --auth-file asks for one; default: the ABIDE_TOKEN environment variable, which keeps it out of ps and shell history (empty: none)
+    #[argh(option)]
+    token: Option<String>,
     /// channel to publish on
     #[argh(positional)]
     channel: String,
@@ -85,6 +88,9 @@ struct Watch {
     /// server URL (default http://127.0.0.1:8080)
     #[argh(option, default = "String::from(DEFAULT_URL)")]
     url: String,
+    /// token to present (Authorization: Bearer) where the server's --auth-file asks for one; default: the ABIDE_TOKEN environment variable, which keeps it out of ps and shell history (empty: none)
+    #[argh(option)]
+    token: Option<String>,
     /// channels to watch (one or more)
     #[argh(positional)]
     channels: Vec<String>,
@@ -109,6 +115,8 @@ struct Watch {
 }
 
 const DEFAULT_URL: &str = "http://127.0.0.1:8080";
+/// Where `abide publish` and `abide watch` find a token without `--token`.
+const TOKEN_VARIABLE: &str = "ABIDE_TOKEN";
 /// Exit code of `watch --once` when the poll timed out.
 const EXIT_NO_EVENTS: u8 = 3;
 
@@ -350,7 +358,67 @@ fn stdin_argument_last(args: &mut Vec<&str>) {
     }
 }
 
+/// A token a client command presents, and where it came from (for hints).
+struct GivenToken {
+    text: String,
+    from: &'static str,
+}
+
+/// The token of `abide publish` or `abide watch`: `--token`, else
+/// `ABIDE_TOKEN`; an empty one is none (so `--token ""` sends none).
+fn given_token(flag: Option<String>) -> Result<Option<GivenToken>, String> {
+    let given = match flag {
+        Some(text) => Some(GivenToken {
+            text,
+            from: "--token",
+        }),
+        None => std::env::var_os(TOKEN_VARIABLE).map(|text| GivenToken {
+            text: text.to_string_lossy().into_owned(),
+            from: TOKEN_VARIABLE,
+        }),
+    };
+    match given {
+        Some(token) if token.text.is_empty() => Ok(None),
+        Some(token) if token.text.chars().any(char::is_control) => Err(format!(
+            "the token in {} holds a control character (a line break?)",
+            token.from
+        )),
+        other => Ok(other),
+    }
+}
+
+/// Prints `error`, and for a refused token (401, 403) what to do about it.
+fn report_error(command: &str, error: &abide::client::ClientError, token: Option<&GivenToken>) {
+    eprintln!("abide {command}: {error}");
+    let abide::client::ClientError::Status { status, .. } = error else {
+        return;
+    };
+    let hint = match (status, token) {
+        (401, None) => format!(
+            "this server needs a token here: give one with --token TOKEN or the {TOKEN_VARIABLE} \
+             variable (its operator makes one with abide token new)"
+        ),
+        (401, Some(token)) => format!(
+            "the server refused the token from {}: check it, or ask for a new one",
+            token.from
+        ),
+        (403, Some(token)) => format!(
+            "the token from {} is known, but the server's rules do not give it that right",
+            token.from
+        ),
+        _ => return,
+    };
+    eprintln!("abide {command}: hint: {hint}");
+}
+
 fn publish_command(args: Publish) -> ExitCode {
+    let token = match given_token(args.token) {
+        Ok(token) => token,
+        Err(err) => {
+            eprintln!("abide publish: {err}");
+            return ExitCode::from(2);
+        }
+    };
     let json = match args.json.as_deref() {
         Some(json) if json != "-" => json.to_string(),
         _ => {
@@ -362,14 +430,15 @@ fn publish_command(args: Publish) -> ExitCode {
             input
         }
     };
-    let client = abide::client::Client::new(&args.url, Duration::from_secs(30));
+    let client = abide::client::Client::new(&args.url, Duration::from_secs(30))
+        .with_token(token.as_ref().map(|t| t.text.as_str()));
     match client.publish(&args.channel, &json) {
         Ok(event) => {
             println!("{event}");
             ExitCode::SUCCESS
         }
         Err(err) => {
-            eprintln!("abide publish: {err}");
+            report_error("publish", &err, token.as_ref());
             ExitCode::FAILURE
         }
     }
@@ -447,6 +516,13 @@ fn watch_command(args: Watch) -> ExitCode {
         eprintln!("abide watch: --once polls once; it does not go with --stream");
         return ExitCode::from(2);
     }
+    let token = match given_token(args.token) {
+        Ok(token) => token,
+        Err(err) => {
+            eprintln!("abide watch: {err}");
+            return ExitCode::from(2);
+        }
+    };
     let options = WatchOptions {
         base_url: args.url,
         channels: args.channels,
@@ -457,6 +533,7 @@ fn watch_command(args: Watch) -> ExitCode {
         stream: args.stream,
         backoff_initial: Duration::from_millis(500),
         backoff_max: Duration::from_secs(30),
+        token: token.as_ref().map(|t| t.text.clone()),
     };
     let mut watcher = match Watcher::new(options) {
         Ok(watcher) => watcher,
@@ -494,7 +571,7 @@ fn watch_command(args: Watch) -> ExitCode {
             Ok(batch) if batch.events.is_empty() => ExitCode::from(EXIT_NO_EVENTS),
             Ok(_) => ExitCode::SUCCESS,
             Err(err) => {
-                eprintln!("abide watch: {err}");
+                report_error("watch", &err, token.as_ref());
                 ExitCode::FAILURE
             }
         };
@@ -502,7 +579,7 @@ fn watch_command(args: Watch) -> ExitCode {
     match watcher.run(&stop, &mut deliver, &mut note) {
         WatchEnd::Stopped => ExitCode::SUCCESS,
         WatchEnd::Failed(err) => {
-            eprintln!("abide watch: {err}");
+            report_error("watch", &err, token.as_ref());
             ExitCode::FAILURE
         }
     }

@@ -340,7 +340,7 @@ fn sighup_reloads_a_good_file_and_keeps_the_rules_on_a_bad_one() {
 
     std::fs::write(&path, rule("abide_second")).unwrap();
     abide.signal(libc::SIGHUP);
-    abide.next_line("the reload line", |l| l.contains("reloaded: 1 tokens"));
+    abide.next_line("the reload line", |l| l.contains("reloaded: 1 token(s)"));
     assert_eq!((poll("abide_first"), poll("abide_second")), (401, 204));
 
     // The held poll was admitted under the old rules and still gets its event.

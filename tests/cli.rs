@@ -1,11 +1,13 @@
 //! The `abide` command as a user runs it: flag checking, `--help`, the
-//! startup line and the access log on stderr, `--quiet`.
+//! startup line and the access log on stderr, `--quiet`; `abide publish`
+//! and `abide watch` presenting a token (`--token`, `ABIDE_TOKEN`).
 mod common;
 
 use std::io::Write;
 use std::net::{SocketAddr, TcpStream};
+use std::path::PathBuf;
 
-use common::HANG_GUARD;
+use common::{Abide, HANG_GUARD, TempDir};
 
 /// Every flag of `abide serve`.
 const FLAGS: [&str; 14] = [
@@ -235,4 +237,282 @@ fn request(addr: SocketAddr, method: &str, path: &str, body: &str) -> (u16, Sock
     let answer = common::read_until_close(&mut stream);
     let status = common::final_status(&answer).unwrap_or_else(|| panic!("no answer: {answer:?}"));
     (status, local)
+}
+
+const WRITER: &str = "abide_cli-writer-token";
+const READER: &str = "abide_cli-reader-token";
+const UNKNOWN: &str = "abide_cli-unknown-token";
+
+/// An auth file in `dir`: the writer may publish on `chat` and `public.*`
+/// and read `chat`, the reader only read `chat`, anyone read `public.*`.
+fn auth_file(dir: &TempDir) -> PathBuf {
+    let hash = abide::token_hash_text;
+    let text = format!(
+        "token writer {w} publish,subscribe chat\n\
+         token writer {w} publish public.*\n\
+         token reader {r} subscribe chat\n\
+         anonymous subscribe public.*\n",
+        w = hash(WRITER),
+        r = hash(READER),
+    );
+    let path = dir.path().join("auth");
+    std::fs::write(&path, text).expect("write the auth file");
+    path
+}
+
+/// `abide serve --auth-file` with the rules of `auth_file`.
+fn protected_server(dir: &TempDir) -> Abide {
+    let path = auth_file(dir);
+    Abide::serve(&["--quiet", "--auth-file", path.to_str().expect("UTF-8")])
+}
+
+/// `abide ARGS` as a client process, with `ABIDE_TOKEN` set to `variable`
+/// (unset when `None`, whatever the test's own environment holds).
+fn client(args: &[&str], variable: Option<&str>) -> Abide {
+    Abide::spawn_with(args, |command| {
+        command.env_remove("ABIDE_TOKEN");
+        if let Some(token) = variable {
+            command.env("ABIDE_TOKEN", token);
+        }
+    })
+}
+
+/// What a client process that ran to its end left: exit code, stdout, stderr.
+struct Ran {
+    code: Option<i32>,
+    stdout: String,
+    stderr: String,
+}
+
+/// Runs `abide ARGS` to its end (within the hang guard).
+fn run(args: &[&str], variable: Option<&str>) -> Ran {
+    let mut abide = client(args, variable);
+    let code = abide.wait_exit().code();
+    Ran {
+        code,
+        stdout: abide.stdout_text(),
+        stderr: abide.rest_of_stderr().concat(),
+    }
+}
+
+impl Ran {
+    /// Exit 0 with one stored event on `channel` on stdout; returns its id.
+    fn published(&self, channel: &str) -> u64 {
+        assert_eq!(self.code, Some(0), "stderr: {}", self.stderr);
+        let event: serde_json::Value = serde_json::from_str(&self.stdout)
+            .unwrap_or_else(|e| panic!("stdout is not one event ({e}): {:?}", self.stdout));
+        assert_eq!(event["channel"], channel, "{event}");
+        event["id"].as_u64().expect("an id")
+    }
+
+    /// Exit 1 with every one of `words` on stderr.
+    fn refused(&self, words: &[&str]) {
+        assert_eq!(
+            self.code,
+            Some(1),
+            "stdout: {:?}; stderr: {}",
+            self.stdout,
+            self.stderr
+        );
+        for word in words {
+            assert!(
+                self.stderr.contains(word),
+                "stderr does not hold {word:?}: {}",
+                self.stderr
+            );
+        }
+    }
+}
+
+/// Publishes `data` on `channel` over HTTP as the writer; returns the id.
+fn publish_as_writer(server: &Abide, channel: &str, data: &str) -> u64 {
+    let bearer = format!("Bearer {WRITER}");
+    let path = format!("/channels/{channel}/events");
+    let resp = server
+        .http()
+        .request("POST", &path, &[("Authorization", &bearer)], Some(data));
+    assert_eq!(resp.status, 201, "{resp:?}");
+    resp.json()["id"].as_u64().expect("an id")
+}
+
+/// The ids of the events a client printed, one JSON line each.
+fn printed_ids(stdout: &str) -> Vec<u64> {
+    stdout
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).expect("a JSON line")["id"]
+                .as_u64()
+                .expect("an id")
+        })
+        .collect()
+}
+
+/// `abide publish --help` and `abide watch --help` document --token and its ABIDE_TOKEN fallback.
+#[test]
+fn client_help_documents_the_token_flag_and_variable() {
+    for command in ["publish", "watch"] {
+        let ran = run(&[command, "--help"], None);
+        assert_eq!(ran.code, Some(0), "{}", ran.stderr);
+        let flag = ran
+            .stdout
+            .split("--token")
+            .nth(2) // past the usage line, into the flag's description
+            .unwrap_or_else(|| panic!("{command}: no --token in:\n{}", ran.stdout));
+        assert!(flag.contains("ABIDE_TOKEN"), "{command}:\n{}", ran.stdout);
+    }
+}
+
+/// `abide publish --token T` publishes where the rules need a token; without one it exits 1 with the 401 message and a hint, with a known token lacking the right 1 with the 403 message, with an unknown one 1 with "not known".
+#[test]
+fn publish_with_a_token_succeeds_where_none_is_refused() {
+    let dir = TempDir::new("cli-publish-token");
+    let server = protected_server(&dir);
+    let url = server.http().url("");
+    run(
+        &["publish", "--url", &url, "--token", WRITER, "chat", "1"],
+        None,
+    )
+    .published("chat");
+    run(&["publish", "--url", &url, "chat", "1"], None).refused(&[
+        "401",
+        "publish right on channel chat",
+        "--token",
+        "ABIDE_TOKEN",
+    ]);
+    run(
+        &["publish", "--url", &url, "--token", READER, "chat", "1"],
+        None,
+    )
+    .refused(&["403", "lacks the publish right on channel chat"]);
+    run(
+        &["publish", "--url", &url, "--token", UNKNOWN, "chat", "1"],
+        None,
+    )
+    .refused(&["401", "not known", "from --token"]);
+    // Nothing refused was stored: the only event is the first.
+    let ran = run(
+        &[
+            "watch",
+            "--url",
+            &url,
+            "--token",
+            READER,
+            "--once",
+            "--timeout",
+            "0",
+            "chat",
+        ],
+        None,
+    );
+    assert_eq!(printed_ids(&ran.stdout).len(), 1, "{}", ran.stderr);
+}
+
+/// Without --token, `abide publish` presents the token in ABIDE_TOKEN.
+#[test]
+fn publish_takes_the_token_from_abide_token() {
+    let dir = TempDir::new("cli-publish-env");
+    let server = protected_server(&dir);
+    let url = server.http().url("");
+    run(&["publish", "--url", &url, "chat", "1"], Some(WRITER)).published("chat");
+    run(&["publish", "--url", &url, "chat", "1"], Some(UNKNOWN)).refused(&[
+        "401",
+        "not known",
+        "from ABIDE_TOKEN",
+    ]);
+}
+
+/// --token wins over ABIDE_TOKEN both ways (the variable is not tried after it), and `--token ""` presents none.
+#[test]
+fn token_flag_wins_over_abide_token() {
+    let dir = TempDir::new("cli-token-wins");
+    let server = protected_server(&dir);
+    let url = server.http().url("");
+    run(
+        &["publish", "--url", &url, "--token", WRITER, "chat", "1"],
+        Some(UNKNOWN),
+    )
+    .published("chat");
+    run(
+        &["publish", "--url", &url, "--token", UNKNOWN, "chat", "1"],
+        Some(WRITER),
+    )
+    .refused(&["401", "not known", "from --token"]);
+    run(
+        &["publish", "--url", &url, "--token", "", "chat", "1"],
+        Some(WRITER),
+    )
+    .refused(&["401", "publish right on channel chat"]);
+}
+
+/// `abide watch --once --token T` (or ABIDE_TOKEN) prints the events of a channel the token may read; an anonymous-readable channel needs none.
+#[test]
+fn watch_once_with_a_token_receives_events() {
+    let dir = TempDir::new("cli-watch-once");
+    let server = protected_server(&dir);
+    let url = server.http().url("");
+    let id = publish_as_writer(&server, "chat", r#""hello""#);
+    let once = ["watch", "--url", &url, "--once", "--timeout", "1"];
+    let with_flag = run(&[&once[..], &["--token", READER, "chat"]].concat(), None);
+    assert_eq!(with_flag.code, Some(0), "{}", with_flag.stderr);
+    assert_eq!(printed_ids(&with_flag.stdout), [id]);
+    let with_variable = run(&[&once[..], &["chat"]].concat(), Some(READER));
+    assert_eq!(with_variable.code, Some(0), "{}", with_variable.stderr);
+    assert_eq!(printed_ids(&with_variable.stdout), [id]);
+
+    let public = publish_as_writer(&server, "public.news", "1");
+    let anonymous = run(&[&once[..], &["public.news"]].concat(), None);
+    assert_eq!(anonymous.code, Some(0), "{}", anonymous.stderr);
+    assert_eq!(printed_ids(&anonymous.stdout), [public]);
+}
+
+/// `abide watch` (polling or --stream, with or without --once) on a protected channel exits 1 at once on a 401 or 403, with the server's message and a hint, instead of retrying.
+#[test]
+fn watch_stops_on_a_refused_token_instead_of_retrying() {
+    let dir = TempDir::new("cli-watch-refused");
+    let server = protected_server(&dir);
+    let url = server.http().url("");
+    let watch = ["watch", "--url", &url];
+    for mode in [&[][..], &["--stream"], &["--once"]] {
+        // No token. A retry loop would never exit: `run` fails at its hang guard.
+        let ran = run(&[&watch[..], mode, &["chat"]].concat(), None);
+        ran.refused(&[
+            "401",
+            "subscribe right on channel chat",
+            "hint",
+            "--token",
+            "ABIDE_TOKEN",
+        ]);
+        assert!(!ran.stderr.contains("retrying"), "{mode:?}: {}", ran.stderr);
+        // A known token without the right.
+        let ran = run(
+            &[&watch[..], mode, &["--token", READER, "public.news"]].concat(),
+            None,
+        );
+        ran.refused(&["403", "lacks the subscribe right on channel public.news"]);
+        assert!(!ran.stderr.contains("retrying"), "{mode:?}: {}", ran.stderr);
+        // An unknown token, from the variable.
+        let ran = run(&[&watch[..], mode, &["chat"]].concat(), Some(UNKNOWN));
+        ran.refused(&["401", "not known", "from ABIDE_TOKEN"]);
+        assert!(!ran.stderr.contains("retrying"), "{mode:?}: {}", ran.stderr);
+    }
+}
+
+/// `abide watch --stream --token T` prints the events published before and while it streams.
+#[test]
+fn watch_stream_with_a_token_receives_events() {
+    let dir = TempDir::new("cli-watch-stream");
+    let server = protected_server(&dir);
+    let url = server.http().url("");
+    let before = publish_as_writer(&server, "chat", r#""before""#);
+    let watcher = client(
+        &[
+            "watch", "--url", &url, "--stream", "--token", READER, "chat",
+        ],
+        None,
+    );
+    let first = watcher.next_stdout_line("the event published before");
+    assert_eq!(printed_ids(&first), [before]);
+    let during = publish_as_writer(&server, "chat", r#""during""#);
+    let second = watcher.next_stdout_line("the event published while streaming");
+    assert_eq!(printed_ids(&second), [during]);
 }

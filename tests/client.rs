@@ -1,6 +1,6 @@
 //! The client (`abide::client`, `abide publish`, `abide watch`) against the
 //! real server on a loopback port: cursors, cursor files, retries, backoff,
-//! stops on 4xx, gap warnings, signals.
+//! stops on 4xx, gap warnings, signals, tokens.
 mod common;
 
 use std::io::{BufRead, BufReader, Write};
@@ -11,7 +11,9 @@ use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use abide::client::{Batch, Note, WatchEnd, WatchOptions, Watcher};
+use abide::client::{
+    Batch, Client, ClientError, Note, StreamMessage, WatchEnd, WatchOptions, Watcher,
+};
 use abide::{Config, Shutdown};
 use serde_json::Value;
 
@@ -26,6 +28,7 @@ fn options(server: SocketAddr, channels: &[&str]) -> WatchOptions {
         stream: false,
         backoff_initial: Duration::from_millis(20),
         backoff_max: Duration::from_millis(160),
+        token: None,
     }
 }
 
@@ -207,7 +210,8 @@ fn a_client_error_stops_the_watcher() {
     let mut watcher = Watcher::new(opts).unwrap();
     let end = watcher.run(&Shutdown::new(), &mut |_| Ok(()), &mut |_| {});
     match end {
-        WatchEnd::Failed(message) => {
+        WatchEnd::Failed(error) => {
+            let message = error.to_string();
             assert!(
                 message.contains("400") && message.contains("limit"),
                 "{message}"
@@ -362,9 +366,182 @@ fn sigterm_stops_the_watcher_with_its_cursor_saved() {
     assert_eq!(abide::client::read_cursor(&cursor), Ok(id));
 }
 
+const WRITER: &str = "abide_writer-token";
+const READER: &str = "abide_reader-token";
+
+/// An auth file in `dir`: the writer may publish and read `chat`, the
+/// reader only read it; nobody else may do anything.
+fn auth_file(dir: &common::TempDir) -> PathBuf {
+    let hash = abide::token_hash_text;
+    let text = format!(
+        "token writer {} publish,subscribe chat\n\
+         token reader {} subscribe chat\n",
+        hash(WRITER),
+        hash(READER),
+    );
+    let path = dir.path().join("auth");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// A `Client` given a token publishes, polls and streams where the rules let it; without one it gets a 401 that is not retried, and a token lacking the right a 403.
+#[test]
+fn a_client_with_a_token_publishes_polls_and_streams() {
+    let dir = common::TempDir::new("client-token");
+    let server = common::start_with(Config {
+        auth_file: Some(auth_file(&dir)),
+        ..common::config()
+    });
+    let url = server.url("");
+    let timeout = Duration::from_secs(5);
+    let writer = Client::new(&url, timeout).with_token(Some(WRITER));
+    let event = writer.publish("chat", r#""hi""#).unwrap();
+    let id = event["id"].as_u64().unwrap();
+    let chat = ["chat".to_string()];
+    let batch = writer.poll(&chat, 0, Duration::ZERO, 10).unwrap();
+    assert_eq!(ids(&batch), [id]);
+    let reader = Client::new(&url, timeout).with_token(Some(READER));
+    assert_eq!(
+        ids(&reader.poll(&chat, 0, Duration::ZERO, 10).unwrap()),
+        [id]
+    );
+    // A stream, left by a deliberate error once the event is in.
+    let mut streamed = Vec::new();
+    let enough = reader.stream(&chat, 0, common::HANG_GUARD, &mut |message| {
+        streamed.push(message);
+        Err(ClientError::Invalid("enough".into()))
+    });
+    assert!(matches!(enough, Err(ClientError::Invalid(_))), "{enough:?}");
+    assert!(
+        matches!(&streamed[..], [StreamMessage::Event(e)] if e["id"].as_u64() == Some(id)),
+        "{streamed:?}"
+    );
+
+    let anonymous = Client::new(&url, timeout);
+    for refused in [
+        anonymous.publish("chat", "1").unwrap_err(),
+        anonymous.poll(&chat, 0, Duration::ZERO, 10).unwrap_err(),
+        anonymous
+            .stream(&chat, 0, common::HANG_GUARD, &mut |_| Ok(()))
+            .unwrap_err(),
+    ] {
+        assert!(
+            matches!(&refused, ClientError::Status { status: 401, message, .. }
+                if message.contains("channel chat")),
+            "{refused:?}"
+        );
+        assert!(!refused.is_retryable());
+    }
+    let refused = reader.publish("chat", "1").unwrap_err();
+    assert!(
+        matches!(&refused, ClientError::Status { status: 403, message, .. }
+            if message.contains("lacks the publish right on channel chat")),
+        "{refused:?}"
+    );
+    assert!(!refused.is_retryable());
+}
+
+/// A Watcher with a token gets events; without one it ends at once with the 401 (no retry), and with a token lacking the right with the 403.
+#[test]
+fn a_watcher_presents_its_token_and_stops_on_a_refusal() {
+    let dir = common::TempDir::new("watch-token");
+    let server = common::start_with(Config {
+        auth_file: Some(auth_file(&dir)),
+        ..common::config()
+    });
+    let id = Client::new(&server.url(""), Duration::from_secs(5))
+        .with_token(Some(WRITER))
+        .publish("chat", "1")
+        .unwrap()
+        .get("id")
+        .and_then(Value::as_u64)
+        .unwrap();
+    for stream in [false, true] {
+        let opts = WatchOptions {
+            stream,
+            token: Some(READER.into()),
+            ..options(server.addr, &["chat"])
+        };
+        // Left by a deliberate output error once the event is in (a stream
+        // would not look at a `Shutdown` before it ends).
+        let watching = thread::spawn(move || {
+            let mut got = Vec::new();
+            let end = Watcher::new(opts).unwrap().run(
+                &Shutdown::new(),
+                &mut |batch| {
+                    got.extend(ids(batch));
+                    Err(std::io::Error::other("enough"))
+                },
+                &mut |_| {},
+            );
+            (end, got)
+        });
+        let (end, got) = common::join_within(watching, "a watcher with a token");
+        assert!(
+            matches!(&end, WatchEnd::Failed(e) if e.to_string().contains("enough")),
+            "stream {stream}: {end:?}"
+        );
+        assert_eq!(got, [id], "stream {stream}");
+
+        for (token, channel, status) in [(None, "chat", 401), (Some(READER), "other", 403)] {
+            let opts = WatchOptions {
+                stream,
+                token: token.map(String::from),
+                ..options(server.addr, &[channel])
+            };
+            let watching = thread::spawn(move || {
+                let mut notes = Vec::new();
+                let end = Watcher::new(opts).unwrap().run(
+                    &Shutdown::new(),
+                    &mut |_| Ok(()),
+                    &mut |note| notes.push(format!("{note:?}")),
+                );
+                (end, notes)
+            });
+            let (end, notes) = common::join_within(watching, "a refused watcher");
+            assert!(
+                matches!(&end, WatchEnd::Failed(ClientError::Status { status: s, .. }) if *s == status),
+                "stream {stream}, {channel}: {end:?}"
+            );
+            assert!(notes.is_empty(), "retried: {notes:?}");
+        }
+    }
+}
+
+/// A poll refused with 429 (over --max-waiters-per-client) is retried after the server's Retry-After, not the backoff.
+#[test]
+fn a_429_is_retried_after_its_retry_after() {
+    let server = common::start_with(Config {
+        max_waiters_per_client: Some(1),
+        ..common::config()
+    });
+    let held = server.spawn_get("/channels/held/events?timeout=30");
+    server.wait_for_stat("waiters", |n| n == 1);
+    let stop = Shutdown::new();
+    let mut watcher = Watcher::new(options(server.addr, &["other"])).unwrap();
+    let mut seen = None;
+    let end = watcher.run(&stop, &mut |_| Ok(()), &mut |note| {
+        if let Note::Retrying { error, delay } = note {
+            seen = Some((error.to_string(), delay));
+            stop.trigger();
+        }
+    });
+    assert!(matches!(end, WatchEnd::Stopped), "{end:?}");
+    let (error, delay) = seen.expect("a retry");
+    assert!(
+        error.contains("429") && error.contains("--max-waiters-per-client"),
+        "{error}"
+    );
+    // The backoff would be at most 20 ms; the server asks for seconds.
+    assert!(delay >= Duration::from_secs(1), "{delay:?}");
+    server.publish("held", "1");
+    common::join_within(held, "held poll");
+}
+
 fn abide(args: &[&str]) -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_abide"));
-    command.args(args);
+    // A token in the caller's environment must not reach these open servers.
+    command.args(args).env_remove("ABIDE_TOKEN");
     command
 }
 

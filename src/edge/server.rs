@@ -259,7 +259,7 @@ pub fn start(config: Config) -> io::Result<Running> {
     }
     if let (Some(path), Some(rules)) = (&edge.config.auth_file, edge.rules.lock().as_ref()) {
         eprintln!(
-            "abide: access rules from {}: {} tokens; without a token: {}",
+            "abide: access rules from {}: {} token(s); without a token: {}",
             path.display(),
             rules.token_count(),
             match rules.anonymous_allowed() {
@@ -468,7 +468,7 @@ impl RulesReload {
                     edge.hub.end_streams();
                 }
                 eprintln!(
-                    "abide: --auth-file {} reloaded: {count} tokens{}",
+                    "abide: --auth-file {} reloaded: {count} token(s){}",
                     path.display(),
                     if changed {
                         "; open streams reconnect under the new rules"
