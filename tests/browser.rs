@@ -1,9 +1,12 @@
-//! The demo page in a real browser: runs `tests/browser/chat.mjs`
-//! (playwright-core driving Debian's headless Chromium) against the real
-//! binary. Ignored, with the reason, when the build script found no node,
-//! Chromium or npm packages (`abide_browser`); `.ci/run` installs them and
-//! sets `ABIDE_REQUIRE_TOOLS=1`, which makes their absence a build failure.
-//! The test itself never reaches the network.
+//! The demo page in a real browser: runs `tests/browser/chat.mjs`, and
+//! `tests/browser/auth.mjs` against a server with `--auth-file` (playwright-core
+//! driving Debian's headless Chromium), against the real binary. Ignored,
+//! with the reason, when the build script found no node, Chromium or npm
+//! packages (`abide_browser`); `.ci/run` installs them and sets
+//! `ABIDE_REQUIRE_TOOLS=1`, which makes their absence a build failure. The
+//! tests themselves never reach the network.
+
+mod common;
 
 use std::env;
 use std::io::Read;
@@ -12,6 +15,8 @@ use std::process::{Command, ExitStatus, Stdio};
 use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
+
+use common::{Abide, TempDir};
 
 /// Whole-script hang guard; a pass takes about 5 seconds.
 const SCRIPT_DEADLINE: Duration = Duration::from_secs(180);
@@ -32,7 +37,12 @@ fn demo_page_works_in_headless_chromium() {
         .expect("target dir")
         .join("demo-screenshot.png");
     let started = Instant::now();
-    let (status, stdout, stderr) = run_script(&dir, &chromium, &screenshot);
+    let mut node = Command::new("node");
+    node.arg(dir.join("chat.mjs"))
+        .arg(env!("CARGO_BIN_EXE_abide"))
+        .arg(&screenshot)
+        .env("ABIDE_CHROMIUM", &chromium);
+    let (status, stdout, stderr) = run_node(node);
     print!("{stdout}");
     eprint!("{stderr}");
     let status_text = status.map_or("no exit status".into(), |s| s.to_string());
@@ -45,6 +55,63 @@ fn demo_page_works_in_headless_chromium() {
         status.is_some_and(|s| s.success()),
         "tests/browser/chat.mjs failed ({status_text}); its output is above"
     );
+}
+
+/// Tokens of the auth file `demo_page_asks_for_a_token_and_uses_it` serves
+/// with: the writer's has characters that must be escaped in a URL.
+const WRITER: &str = "writer +/=&?#% token";
+const READER: &str = "reader-token";
+const POSTER: &str = "poster-token";
+
+/// With --auth-file the demo page in headless Chromium says a token is needed (401) and stops asking, reads and publishes with the token from its field (EventSource `?token=`, the fetches' Bearer header, the long poll too, kept in localStorage), says when a token may not read or publish (403), and keeps the figures' refusal quiet.
+#[test]
+#[cfg_attr(
+    not(abide_browser),
+    ignore = "needs node, Debian's chromium and `npm ci --prefix tests/browser` (.ci/run installs them)"
+)]
+fn demo_page_asks_for_a_token_and_uses_it() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser");
+    let chromium =
+        prerequisites(&dir).unwrap_or_else(|why| panic!("the browser test cannot run: {why}"));
+    let files = TempDir::new("browser-auth");
+    let hash = abide::token_hash_text;
+    let auth = files.path().join("auth");
+    let rules = format!(
+        "token writer {} publish,subscribe chat\n\
+         token writer {} admin *\n\
+         token reader {} subscribe chat\n\
+         token poster {} publish chat\n",
+        hash(WRITER),
+        hash(WRITER),
+        hash(READER),
+        hash(POSTER),
+    );
+    std::fs::write(&auth, rules).expect("write the auth file");
+    let mut server = Abide::serve(&["--auth-file", auth.to_str().expect("UTF-8 path")]);
+    let started = Instant::now();
+    let mut node = Command::new("node");
+    // Run from tests/browser, so that the script finds playwright-core.
+    node.arg(dir.join("auth.mjs"))
+        .current_dir(&dir)
+        .env("ABIDE_CHROMIUM", &chromium)
+        .env("ABIDE_ADDR", server.addr.to_string())
+        .env("ABIDE_WRITER", WRITER)
+        .env("ABIDE_READER", READER)
+        .env("ABIDE_POSTER", POSTER);
+    let (status, stdout, stderr) = run_node(node);
+    print!("{stdout}");
+    eprint!("{stderr}");
+    let status_text = status.map_or("no exit status".into(), |s| s.to_string());
+    println!(
+        "browser auth test: {status_text} after {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    if !status.is_some_and(|s| s.success()) {
+        server.signal(libc::SIGTERM);
+        server.wait_exit();
+        eprintln!("abide's log:\n{}", server.rest_of_stderr().concat());
+        panic!("the auth script failed ({status_text}); its output is above");
+    }
 }
 
 /// Chromium's path when Node, Chromium and the script's node_modules are all
@@ -87,18 +154,10 @@ fn find_chromium() -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
-/// Runs the script to completion (killed by PID past the deadline): its exit
-/// status (None if it could not be had), its stdout and its stderr.
-fn run_script(
-    dir: &Path,
-    chromium: &Path,
-    screenshot: &Path,
-) -> (Option<ExitStatus>, String, String) {
-    let mut child = Command::new("node")
-        .arg(dir.join("chat.mjs"))
-        .arg(env!("CARGO_BIN_EXE_abide"))
-        .arg(screenshot)
-        .env("ABIDE_CHROMIUM", chromium)
+/// Runs a node script to completion (killed by PID past the deadline): its
+/// exit status (None if it could not be had), its stdout and its stderr.
+fn run_node(mut node: Command) -> (Option<ExitStatus>, String, String) {
+    let mut child = node
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
