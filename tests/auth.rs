@@ -39,6 +39,14 @@ fn auth_file(dir: &TempDir) -> PathBuf {
     path
 }
 
+/// The test config with the rules of `auth_file` in force.
+fn with_rules(dir: &TempDir) -> abide::Config {
+    abide::Config {
+        auth_file: Some(auth_file(dir)),
+        ..config()
+    }
+}
+
 fn bearer(token: &str) -> String {
     format!("Bearer {token}")
 }
@@ -58,10 +66,7 @@ fn call(http: &Http, token: Option<&str>, method: &str, path: &str) -> Resp {
 #[test]
 fn every_route_admits_by_right_and_refuses_the_rest() {
     let dir = TempDir::new("auth-routes");
-    let server = start_with(abide::Config {
-        auth_file: Some(auth_file(&dir)),
-        ..config()
-    });
+    let server = start_with(with_rules(&dir));
     let unknown = Some("abide_not-a-known-token");
     let (p, r, a, al) = (Some(PUBLISHER), Some(READER), Some(ADMIN), Some(ALICE));
     let poll = "/channels/sensors.t/events?timeout=0";
@@ -183,10 +188,7 @@ fn every_route_admits_by_right_and_refuses_the_rest() {
 #[test]
 fn a_multi_channel_poll_cannot_read_a_channel_without_the_right() {
     let dir = TempDir::new("auth-multi");
-    let server = start_with(abide::Config {
-        auth_file: Some(auth_file(&dir)),
-        ..config()
-    });
+    let server = start_with(with_rules(&dir));
     let admin_publish = |channel: &str| {
         // The reader may not publish; the publisher only on sensors.*.
         let resp = call(
@@ -402,10 +404,9 @@ fn a_reload_ends_open_streams_so_revoked_tokens_stop_reading() {
 fn one_client_cannot_take_more_than_its_share_of_wait_slots() {
     let dir = TempDir::new("auth-share");
     let server = start_with(abide::Config {
-        auth_file: Some(auth_file(&dir)),
         max_waiters_per_client: Some(2),
         max_timeout: Duration::from_secs(60),
-        ..config()
+        ..with_rules(&dir)
     });
     let hold = |token: &'static str| {
         let http = (*server).clone();
@@ -481,11 +482,10 @@ fn server_wait_for_waiters(server: &common::TestServer, n: u64) {
 fn publishing_faster_than_the_rate_is_refused_and_nothing_is_stored() {
     let dir = TempDir::new("auth-rate");
     let server = start_with(abide::Config {
-        auth_file: Some(auth_file(&dir)),
         // One event per 100 s: the test never waits a refill out.
         publish_rate_per_second: Some(0.01),
         publish_burst: Some(3),
-        ..config()
+        ..with_rules(&dir)
     });
     for _ in 0..3 {
         let resp = call(&server, Some(ALICE), "POST", "/channels/chat/events");
@@ -559,10 +559,7 @@ fn forwarded_for_is_honoured_only_from_a_trusted_proxy() {
 #[test]
 fn ambiguous_credentials_are_refused() {
     let dir = TempDir::new("auth-ambiguous");
-    let server = start_with(abide::Config {
-        auth_file: Some(auth_file(&dir)),
-        ..config()
-    });
+    let server = start_with(with_rules(&dir));
     let raw = common::raw(
         server.addr,
         format!(
@@ -620,9 +617,8 @@ fn startup_warns_without_auth_and_refuses_a_broken_file() {
 fn public_metrics_opens_only_the_figures() {
     let dir = TempDir::new("auth-public");
     let server = start_with(abide::Config {
-        auth_file: Some(auth_file(&dir)),
         public_metrics: true,
-        ..config()
+        ..with_rules(&dir)
     });
     assert_eq!(server.get("/metrics").status, 200);
     assert_eq!(server.get("/stats").status, 200);

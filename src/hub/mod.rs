@@ -756,13 +756,9 @@ impl Hub {
         st.streams_epoch += 1;
         // The hub does not know which waiters are streams: every waiter is
         // woken, and polls find nothing new and wait on.
-        let wake: Vec<Arc<Condvar>> = st
-            .channels
-            .values()
-            .flat_map(|c| c.waiters.values().cloned())
-            .collect();
+        let wake = st.all_waiters();
         drop(st);
-        drop(Wake(wake));
+        drop(wake);
     }
 
     /// Counts a request refused by the access rules or a client's share.
@@ -774,15 +770,9 @@ impl Hub {
     pub fn shut_down(&self) {
         let mut st = self.shared.state.lock();
         st.shutting_down = true;
-        let wake: Vec<Arc<Condvar>> = st
-            .channels
-            .values()
-            .flat_map(|c| c.waiters.values().cloned())
-            .collect();
+        let wake = st.all_waiters();
         drop(st);
-        for condvar in wake {
-            condvar.notify_one();
-        }
+        drop(wake);
     }
 
     /// Counts events written to clients.
@@ -892,6 +882,16 @@ impl Drop for Ticket {
 }
 
 impl State {
+    /// Every registered waiter, to wake once the lock is released.
+    fn all_waiters(&self) -> Wake {
+        Wake(
+            self.channels
+                .values()
+                .flat_map(|c| c.waiters.values().cloned())
+                .collect(),
+        )
+    }
+
     /// Removes a channel that holds nothing and has no waiters. If it lost
     /// events nobody read, a tombstone keeps that fact for later cursors.
     fn remove_if_idle(&mut self, name: &str) {
