@@ -19,8 +19,9 @@ lint:
 
 ## Benchmarks: abide beside an async variant (tokio + hyper) and Nchan (when
 ## installed: apt-get install nginx-light libnginx-mod-nchan), five scenarios,
-## and a sixth for abide alone: publishing in memory and with --data-dir.
-## `bench` (about 7 minutes) writes BENCHMARKS.md and docs/bench/*.svg;
+## and two for abide alone: publishing in memory and with --data-dir (6), and
+## what --auth-file and the per-client shares cost (7).
+## `bench` (about 8 minutes) writes BENCHMARKS.md and docs/bench/*.svg;
 ## `bench-quick` (under 2 minutes) writes target/bench-quick/. Never run by `test`.
 bench:
 	BENCH_MODE=full $(CARGO) bench --bench compare

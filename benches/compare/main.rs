@@ -3,9 +3,10 @@
 //! installed, Nchan, in five scenarios (hold, fan-out, throughput, immediate
 //! polls, a Raspberry-Pi-sized profile; the fan-out also with Server-Sent
 //! Events streams for abide and Nchan, and their memory per open stream),
-//! and a sixth for abide alone
+//! a sixth for abide alone
 //! (durability: publishing into memory, SQLite `--sync normal` and
-//! `--sync full`). Writes BENCHMARKS.md and the SVG plots under docs/bench/
+//! `--sync full`), and a seventh for abide alone (the cost of access
+//! control: no flags, `--auth-file`, `--auth-file` and shares). Writes BENCHMARKS.md and the SVG plots under docs/bench/
 //! (full mode) or target/bench-quick/ (quick mode).
 //!
 //! `make bench` = `BENCH_MODE=full cargo bench --bench compare`;
@@ -30,7 +31,7 @@ use std::time::{Duration, Instant};
 
 use report::{Meta, Results};
 use scenarios::{Ctx, Transport};
-use servers::{ABIDE_DEFAULT_MAX_WAITERS, Kind, Launch, Store};
+use servers::{ABIDE_DEFAULT_MAX_WAITERS, Access, Kind, Launch, Store};
 
 struct Plan {
     mode: &'static str,
@@ -49,6 +50,12 @@ struct Plan {
     dur_publishers: Vec<usize>,
     dur_secs: Duration,
     dur_max_events: u64,
+    /// Scenario 7: rounds (each configuration once per round), the length
+    /// of each polling and each publishing run, and the publishers (the
+    /// polling connections are scenario 4's).
+    acc_rounds: usize,
+    acc_secs: Duration,
+    acc_publishers: usize,
     out_dir: PathBuf,
     plot_dir: PathBuf,
 }
@@ -73,6 +80,9 @@ fn plan() -> Plan {
             dur_publishers: vec![1, 16],
             dur_secs: Duration::from_millis(1500),
             dur_max_events: 100_000,
+            acc_rounds: 3,
+            acc_secs: Duration::from_secs(1),
+            acc_publishers: 16,
             plot_dir: out.join("docs/bench"),
             out_dir: out,
         }
@@ -92,6 +102,9 @@ fn plan() -> Plan {
             dur_publishers: vec![1, 16],
             dur_secs: Duration::from_secs(5),
             dur_max_events: 500_000,
+            acc_rounds: 3,
+            acc_secs: Duration::from_secs(3),
+            acc_publishers: 16,
             out_dir: root.to_path_buf(),
             plot_dir: root.join("docs/bench"),
         }
@@ -142,6 +155,7 @@ fn main() {
         max_waiters,
         pi,
         store: None,
+        access: Access::Open,
     };
     let mut r = Results {
         kinds: kinds.clone(),
@@ -154,6 +168,7 @@ fn main() {
         pi_hold: Vec::new(),
         pi_fanout: Vec::new(),
         durability: Vec::new(),
+        access: Vec::new(),
     };
 
     for &n in plan.hold_ns.iter().filter(|_| wanted("1")) {
@@ -342,6 +357,61 @@ fn main() {
             r.durability.push(row);
         }
     }
+    // Scenario 7 is abide's alone: its access configurations side by side,
+    // in interleaved rounds (a, b, c, a, b, c, …) so that a burst of other
+    // load on the machine does not fall on one configuration only.
+    let run_access = wanted("7") && kinds.contains(&Kind::Abide);
+    for round in (0..plan.acc_rounds).filter(|_| run_access) {
+        for access in Access::ALL {
+            let l = Launch {
+                access,
+                ..launch(Kind::Abide, ABIDE_DEFAULT_MAX_WAITERS, false)
+            };
+            let row = scenarios::access(
+                &ctx,
+                &l,
+                round,
+                plan.imm_conns,
+                plan.acc_publishers,
+                plan.acc_secs,
+                plan.dur_max_events,
+            );
+            let (i, p) = (&row.immediate, &row.publish);
+            eprintln!(
+                "7 access   round {} {:<18} {:.0} polls/s, p99 {:.2} ms, {} errors; P={} {:.0} publishes/s, p50 {:.2} ms{}",
+                round + 1,
+                access.short(),
+                i.rps(),
+                i.p99_us / 1000.0,
+                i.errors,
+                p.publishers,
+                p.publishes_per_sec(),
+                p.p50_us / 1000.0,
+                [("polls", &i.error), ("publishes", &p.error)]
+                    .iter()
+                    .filter_map(|(what, e)| e.as_ref().map(|e| format!("  {what} FAILED: {e}")))
+                    .collect::<String>()
+            );
+            r.access.push(row);
+        }
+    }
+    if let (Some(open_polls), Some(open_publish)) = scenarios::access_best(&r.access, Access::Open)
+    {
+        for access in &Access::ALL[1..] {
+            let (Some(i), Some(p)) = scenarios::access_best(&r.access, *access) else {
+                continue;
+            };
+            eprintln!(
+                "7 access   best of {} {:<17} ÷ (a): polls/s {:.3}×, p99 {:.2}×; publishes/s {:.3}×, publish p50 {:.2}×",
+                plan.acc_rounds,
+                access.short(),
+                i.rps() / open_polls.rps(),
+                i.p99_us / open_polls.p99_us,
+                p.publishes_per_sec() / open_publish.publishes_per_sec(),
+                p.p50_us / open_publish.p50_us
+            );
+        }
+    }
 
     std::fs::create_dir_all(&plan.plot_dir).expect("create the plot directory");
     let plots = draw_plots(&r, &plan);
@@ -366,6 +436,9 @@ fn main() {
         imm_conns: plan.imm_conns,
         dur_secs: plan.dur_secs.as_secs_f64(),
         dur_max_events: plan.dur_max_events,
+        acc_rounds: plan.acc_rounds,
+        acc_secs: plan.acc_secs.as_secs_f64(),
+        acc_publishers: plan.acc_publishers,
         data_fs: procfs::mount_of(&std::env::temp_dir()),
         plots,
     };

@@ -2,12 +2,15 @@
 //! per scenario with every server side by side and abide's ratio to each (for
 //! scenario 6, abide's stores side by side and their ratio to memory), the
 //! memory breakdown of abide's held waiters, scenario 2's streams beside its
-//! long polls, and the notes.
+//! long polls, scenario 7's access configurations side by side and their
+//! ratio to none, and the notes.
 
 use std::fmt::Write as _;
 
-use crate::scenarios::{DurabilityRow, FanoutRow, HoldRow, ImmediateRow, ThroughputRow, Transport};
-use crate::servers::{Kind, Store};
+use crate::scenarios::{
+    AccessRow, DurabilityRow, FanoutRow, HoldRow, ImmediateRow, ThroughputRow, Transport,
+};
+use crate::servers::{Access, Kind, Store};
 
 pub struct Results {
     pub kinds: Vec<Kind>,
@@ -22,6 +25,8 @@ pub struct Results {
     pub pi_hold: Vec<(Kind, HoldRow)>,
     pub pi_fanout: Vec<(Kind, FanoutRow)>,
     pub durability: Vec<DurabilityRow>,
+    /// Scenario 7: abide in each access configuration.
+    pub access: Vec<AccessRow>,
 }
 
 pub struct Meta {
@@ -38,6 +43,9 @@ pub struct Meta {
     pub imm_conns: usize,
     pub dur_secs: f64,
     pub dur_max_events: u64,
+    pub acc_rounds: usize,
+    pub acc_secs: f64,
+    pub acc_publishers: usize,
     /// The file system of the temporary directory scenario 6's databases are
     /// in: (mount point, type, source).
     pub data_fs: Option<(String, String, String)>,
@@ -391,6 +399,9 @@ pub fn render(r: &Results, m: &Meta, notes: &str) -> String {
     // ---- scenario 6
     durability_section(&mut o, &r.durability, m);
 
+    // ---- scenario 7
+    access_section(&mut o, &r.access, m);
+
     // ---- commands
     let _ = writeln!(o, "## How to run it\n");
     let _ = writeln!(
@@ -547,6 +558,25 @@ fn checks(r: &Results) -> Vec<String> {
                 }
             ));
         }
+    }
+    if !r.access.is_empty() {
+        let polls: u64 = r.access.iter().map(|a| a.immediate.requests).sum();
+        let publishes: u64 = r.access.iter().map(|a| a.publish.acked).sum();
+        let bad: Vec<String> = r
+            .access
+            .iter()
+            .filter(|a| !a.polls_ok() || !a.publish_ok())
+            .map(|a| format!("{} round {}", a.access.short(), a.round + 1))
+            .collect();
+        out.push(format!(
+            "Scenario 7: {polls} immediate polls and {publishes} publishes over the three access \
+             configurations, none refused or failed: **{}**.",
+            if bad.is_empty() {
+                "pass".to_string()
+            } else {
+                format!("FAIL ({})", bad.join(", "))
+            }
+        ));
     }
     out
 }
@@ -759,6 +789,171 @@ fn durability_section(o: &mut String, rows: &[DurabilityRow], m: &Meta) {
     }
     if !said.is_empty() {
         let _ = writeln!(o, "{}\n", said.join(" "));
+    }
+}
+
+fn access_section(o: &mut String, rows: &[AccessRow], m: &Meta) {
+    let _ = writeln!(
+        o,
+        "## 7. Cost of access control: abide without and with `--auth-file` and shares\n"
+    );
+    if rows.is_empty() {
+        let _ = writeln!(o, "Not run.\n");
+        return;
+    }
+    let _ = writeln!(
+        o,
+        "What `--auth-file` and the per-client shares cost when nothing is refused: the same load on abide \
+         without them (a), with an auth file of {} rules and a valid token on every request (b), and with shares \
+         as well, large enough never to refuse (c). Under (b) abide finds every request's token by its SHA-256 in \
+         the rules and checks the right; under (c) it also names the client (its token) and takes each publish \
+         from the client's bucket (an immediate poll never waits, so it takes no waiter slot).\n",
+        crate::servers::AUTH_RULES
+    );
+    let _ = writeln!(o, "```sh");
+    for access in Access::ALL {
+        let _ = writeln!(
+            o,
+            "{}",
+            crate::servers::describe_access(access, crate::servers::ABIDE_DEFAULT_MAX_WAITERS)
+        );
+    }
+    let _ = writeln!(o, "```\n");
+    let _ = writeln!(
+        o,
+        "`DIR/auth` is a fresh temporary file: the harness's token (`publish,subscribe *`, and `admin *` for the \
+         harness's own `/stats` reads), sensors publishing to their own channel, dashboards reading `sensors.*`, \
+         chat apps, an operator and one `anonymous` rule. Under (b) and (c) every request carries \
+         `Authorization: Bearer` and the 32-character token; under (a) none does, as today's clients. Immediate \
+         polls: scenario 4's load ({} connections for {:.0} s). Publishes: scenario 6's load in memory ({}, each \
+         on its own keep-alive connection and channel, back to back for {:.0} s or at most {} publishes). Each \
+         load runs on a fresh server. {} rounds, each configuration once per round in turn (a, b, c, a, b, c, …); \
+         the table gives each configuration's best round for polls and for publishes (a burst of other load on \
+         the shared machine only slows a round down) and, in brackets, its worst. \"÷ (a)\" is the \
+         configuration's figure divided by (a)'s: below 1 for polls/s and publishes/s, above 1 for the latencies, \
+         is what access control costs.\n",
+        m.imm_conns,
+        m.acc_secs,
+        publishers(m.acc_publishers),
+        m.acc_secs,
+        m.dur_max_events,
+        m.acc_rounds
+    );
+    header(
+        o,
+        &["configuration"],
+        &[],
+        &[
+            "polls/s (worst)",
+            "÷ (a)",
+            "p50",
+            "p99",
+            "p99 ÷ (a)",
+            "publishes/s (worst)",
+            "÷ (a)",
+            "round trip p50",
+            "p99",
+            "p50 ÷ (a)",
+            "rounds with a refusal or failure",
+        ],
+    );
+    let (open_polls, open_publish) = crate::scenarios::access_best(rows, Access::Open);
+    for access in Access::ALL {
+        let rounds: Vec<&AccessRow> = rows.iter().filter(|a| a.access == access).collect();
+        if rounds.is_empty() {
+            continue;
+        }
+        let (polls, publish) = crate::scenarios::access_best(rows, access);
+        let vs = |value: f64, open: Option<f64>| match access {
+            Access::Open => "1×".to_string(),
+            _ => ratio(Some(value), open),
+        };
+        let worst = |values: Vec<f64>| values.into_iter().fold(f64::INFINITY, f64::min);
+        let poll_cells = match polls {
+            None => "– | | | | |".to_string(),
+            Some(i) => format!(
+                "{:.0} ({:.0}) | {} | {} | {} | {} |",
+                i.rps(),
+                worst(rounds.iter().map(|a| a.immediate.rps()).collect()),
+                vs(i.rps(), open_polls.map(ImmediateRow::rps)),
+                ms(i.p50_us),
+                ms(i.p99_us),
+                vs(i.p99_us, open_polls.map(|o| o.p99_us))
+            ),
+        };
+        let publish_cells = match publish {
+            None => "– | | | | |".to_string(),
+            Some(p) => format!(
+                "{:.0} ({:.0}) | {} | {} | {} | {} |",
+                p.publishes_per_sec(),
+                worst(
+                    rounds
+                        .iter()
+                        .map(|a| a.publish.publishes_per_sec())
+                        .collect()
+                ),
+                vs(
+                    p.publishes_per_sec(),
+                    open_publish.map(DurabilityRow::publishes_per_sec)
+                ),
+                ms(p.p50_us),
+                ms(p.p99_us),
+                vs(p.p50_us, open_publish.map(|o| o.p50_us))
+            ),
+        };
+        let failures: Vec<String> = rounds
+            .iter()
+            .filter(|a| !a.polls_ok() || !a.publish_ok())
+            .map(|a| {
+                let what = [
+                    a.immediate.error.clone(),
+                    (a.immediate.errors > 0)
+                        .then(|| format!("{} polls not answered 200", a.immediate.errors)),
+                    a.publish.error.clone(),
+                ];
+                format!(
+                    "round {}: {}",
+                    a.round + 1,
+                    what.into_iter()
+                        .flatten()
+                        .collect::<Vec<_>>()
+                        .join("; ")
+                        .replace('|', "/")
+                )
+            })
+            .collect();
+        let _ = writeln!(
+            o,
+            "| {} | {poll_cells} {publish_cells} {} of {} |",
+            access.label(),
+            if failures.is_empty() {
+                "0".to_string()
+            } else {
+                failures.join(", ")
+            },
+            rounds.len()
+        );
+    }
+    let _ = writeln!(o);
+    let best = |access: Access| crate::scenarios::access_best(rows, access);
+    if let ((Some(ai), Some(ap)), (Some(bi), Some(bp)), (Some(ci), Some(cp))) = (
+        best(Access::Open),
+        best(Access::Tokens),
+        best(Access::TokensAndShares),
+    ) {
+        let polls = |i: &ImmediateRow| ratio(Some(i.rps()), Some(ai.rps()));
+        let pubs =
+            |p: &DurabilityRow| ratio(Some(p.publishes_per_sec()), Some(ap.publishes_per_sec()));
+        let _ = writeln!(
+            o,
+            "With `--auth-file`, abide answers **{}** (a)'s immediate polls per second and **{}** its publishes \
+             per second; with the shares as well, **{}** and **{}**. On this shared machine a few percent either \
+             way is within the run-to-run noise.\n",
+            polls(bi),
+            pubs(bp),
+            polls(ci),
+            pubs(cp)
+        );
     }
 }
 

@@ -1,6 +1,7 @@
-//! The six scenarios. Each runs against one freshly started server and
+//! The seven scenarios. Each runs against one freshly started server and
 //! returns its figures; `main` runs every server in turn for each point
-//! (scenario 6: abide with each of its stores in turn).
+//! (scenario 6: abide with each of its stores in turn; scenario 7: abide
+//! with each access configuration in turn, scenarios 4 and 6's loads).
 //! Orchestration runs on the main thread (it may block); the connections are
 //! tokio tasks on the harness's runtime.
 
@@ -13,7 +14,7 @@ use tokio::sync::{Semaphore, mpsc, watch};
 
 use crate::client::{Conn, EventStream, numbers_after};
 use crate::procfs::{self, Kernel, ProcSample};
-use crate::servers::{BUFFER, Cursor, Launch, NchanInstall, Server, Store};
+use crate::servers::{Access, BUFFER, Cursor, Launch, NchanInstall, Server, Store};
 
 /// Longest a poll is held in any scenario (seconds, the `timeout` parameter).
 const HOLD_SECS: u64 = 110;
@@ -821,71 +822,71 @@ pub fn immediate(
     duration: Duration,
 ) -> ImmediateRow {
     let mut row = ImmediateRow::default();
-    let server = match Server::start(launch, ctx.nchan) {
-        Ok(s) => s,
-        Err(e) => {
-            row.error = Some(format!("did not start: {e}"));
-            return row;
-        }
-    };
-    let mut run = || -> Result<(), String> {
-        warm_up(ctx, &server)?;
-        for i in 0..10 {
-            server
-                .publish_blocking("imm", &format!(r#"{{"bseq":{i}}}"#))
-                .map_err(|e| e.to_string())?;
-        }
-        let request = Arc::new(server.immediate_request("imm"));
-        let addr = server.addr;
-        let started = Instant::now();
-        let tasks: Vec<_> = (0..connections)
-            .map(|_| {
-                let request = request.clone();
-                ctx.rt.spawn(async move {
-                    let mut lat = Vec::new();
-                    let mut errors = 0u64;
-                    let Ok(mut conn) = Conn::connect(addr).await else {
-                        return (lat, 1);
-                    };
-                    while started.elapsed() < duration {
-                        let t0 = Instant::now();
-                        match conn.request_within(&request, Duration::from_secs(10)).await {
-                            Ok(resp) if resp.status == 200 => {
-                                lat.push(t0.elapsed().as_secs_f64() * 1e6)
-                            }
-                            Ok(_) => errors += 1,
-                            Err(_) => {
-                                errors += 1;
-                                match Conn::connect(addr).await {
-                                    Ok(c) => conn = c,
-                                    Err(_) => break,
-                                }
+    row.error = on_fresh_server(ctx, launch, |server| {
+        immediate_on(ctx, server, &mut row, connections, duration)
+    });
+    row
+}
+
+fn immediate_on(
+    ctx: &Ctx,
+    server: &Server,
+    row: &mut ImmediateRow,
+    connections: usize,
+    duration: Duration,
+) -> Result<(), String> {
+    warm_up(ctx, server)?;
+    for i in 0..10 {
+        server
+            .publish_blocking("imm", &format!(r#"{{"bseq":{i}}}"#))
+            .map_err(|e| e.to_string())?;
+    }
+    let request = Arc::new(server.immediate_request("imm"));
+    let addr = server.addr;
+    let started = Instant::now();
+    let tasks: Vec<_> = (0..connections)
+        .map(|_| {
+            let request = request.clone();
+            ctx.rt.spawn(async move {
+                let mut lat = Vec::new();
+                let mut errors = 0u64;
+                let Ok(mut conn) = Conn::connect(addr).await else {
+                    return (lat, 1);
+                };
+                while started.elapsed() < duration {
+                    let t0 = Instant::now();
+                    match conn.request_within(&request, Duration::from_secs(10)).await {
+                        Ok(resp) if resp.status == 200 => {
+                            lat.push(t0.elapsed().as_secs_f64() * 1e6)
+                        }
+                        Ok(_) => errors += 1,
+                        Err(_) => {
+                            errors += 1;
+                            match Conn::connect(addr).await {
+                                Ok(c) => conn = c,
+                                Err(_) => break,
                             }
                         }
                     }
-                    (lat, errors)
-                })
+                }
+                (lat, errors)
             })
-            .collect();
-        let mut all = Vec::new();
-        for t in tasks {
-            let (lat, errors) = ctx.rt.block_on(t).map_err(|e| e.to_string())?;
-            row.errors += errors;
-            all.extend(lat);
-        }
-        row.secs = started.elapsed().as_secs_f64();
-        all.sort_by(f64::total_cmp);
-        row.requests = all.len() as u64;
-        row.p50_us = percentile(&all, 0.5);
-        row.p99_us = percentile(&all, 0.99);
-        row.p999_us = percentile(&all, 0.999);
-        row.max_us = all.last().copied().unwrap_or(f64::NAN);
-        Ok(())
-    };
-    if let Err(e) = run() {
-        row.error = Some(e);
+        })
+        .collect();
+    let mut all = Vec::new();
+    for t in tasks {
+        let (lat, errors) = ctx.rt.block_on(t).map_err(|e| e.to_string())?;
+        row.errors += errors;
+        all.extend(lat);
     }
-    row
+    row.secs = started.elapsed().as_secs_f64();
+    all.sort_by(f64::total_cmp);
+    row.requests = all.len() as u64;
+    row.p50_us = percentile(&all, 0.5);
+    row.p99_us = percentile(&all, 0.99);
+    row.p999_us = percentile(&all, 0.999);
+    row.max_us = all.last().copied().unwrap_or(f64::NAN);
+    Ok(())
 }
 
 // ---------------------------------------------------------------- 6. durability
@@ -936,12 +937,12 @@ impl DurabilityRow {
     }
 }
 
-/// A publish of a small sensor reading, `{"t":21.5,"n":N}`, to `path`; and
-/// the body's length.
-fn reading_publish(path: &str, n: u64) -> (Vec<u8>, usize) {
+/// A publish of a small sensor reading, `{"t":21.5,"n":N}`, to `path`, with
+/// `auth` (`Server::auth_header`); and the body's length.
+fn reading_publish(path: &str, auth: &str, n: u64) -> (Vec<u8>, usize) {
     let body = format!(r#"{{"t":21.5,"n":{n}}}"#);
     let request = format!(
-        "POST {path} HTTP/1.1\r\nHost: bench\r\nContent-Type: application/json\r\nAccept: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        "POST {path} HTTP/1.1\r\nHost: bench\r\n{auth}Content-Type: application/json\r\nAccept: application/json\r\nContent-Length: {}\r\n\r\n{body}",
         body.len()
     );
     (request.into_bytes(), body.len())
@@ -1004,16 +1005,18 @@ fn durability_on(
     // Connect, then fill every channel to its buffer (not measured), so that
     // each measured publish also drops the channel's oldest event, as on a
     // server that has been running for a while.
+    let auth: Arc<str> = server.auth_header().into();
     let prefill = row.prefill as u64;
     let tasks: Vec<_> = paths
         .iter()
         .cloned()
         .map(|path| {
+            let auth = auth.clone();
             ctx.rt.spawn(async move {
                 let mut conn = Conn::connect(addr).await.map_err(|e| e.to_string())?;
                 for n in 0..prefill {
                     let resp = conn
-                        .request_within(&reading_publish(&path, n).0, ANSWER_LIMIT)
+                        .request_within(&reading_publish(&path, &auth, n).0, ANSWER_LIMIT)
                         .await
                         .map_err(|e| format!("prefill publish: {e}"))?;
                     if !(200..300).contains(&resp.status) {
@@ -1039,6 +1042,7 @@ fn durability_on(
         .zip(paths.iter().cloned())
         .map(|(mut conn, path)| {
             let budget = budget.clone();
+            let auth = auth.clone();
             ctx.rt.spawn(async move {
                 let mut lat = Vec::new();
                 let mut body_bytes = 0u64;
@@ -1047,7 +1051,7 @@ fn durability_on(
                 while started.elapsed() < duration
                     && budget.fetch_add(1, Ordering::Relaxed) < max_events
                 {
-                    let (req, body_len) = reading_publish(&path, n);
+                    let (req, body_len) = reading_publish(&path, &auth, n);
                     let t0 = Instant::now();
                     match conn.request_within(&req, ANSWER_LIMIT).await {
                         Ok(resp) if (200..300).contains(&resp.status) => {
@@ -1112,6 +1116,71 @@ fn durability_on(
         return Err(format!("{} store errors", row.store_errors));
     }
     Ok(())
+}
+
+// ---------------------------------------------------------------- 7. access control
+
+/// Scenario 7: one round of one access configuration of abide, measured
+/// with scenario 4's immediate polls and scenario 6's publishers (in
+/// memory), each on a fresh server.
+#[derive(Clone, Debug, Default)]
+pub struct AccessRow {
+    pub access: Access,
+    pub round: usize,
+    pub immediate: ImmediateRow,
+    pub publish: DurabilityRow,
+}
+
+impl AccessRow {
+    /// Every immediate poll answered `200`.
+    pub fn polls_ok(&self) -> bool {
+        self.immediate.error.is_none() && self.immediate.errors == 0 && self.immediate.requests > 0
+    }
+    /// Every publish answered `2xx`.
+    pub fn publish_ok(&self) -> bool {
+        self.publish.ok() && self.publish.failed == 0
+    }
+}
+
+/// Scenario 7, one round for `launch.access`: `connections` immediate
+/// pollers for `secs`, then `publishers` publishers for `secs` (at most
+/// `max_events` publishes).
+pub fn access(
+    ctx: &Ctx,
+    launch: &Launch,
+    round: usize,
+    connections: usize,
+    publishers: usize,
+    secs: Duration,
+    max_events: u64,
+) -> AccessRow {
+    AccessRow {
+        access: launch.access,
+        round,
+        immediate: immediate(ctx, launch, connections, secs),
+        publish: durability(ctx, launch, publishers, secs, max_events),
+    }
+}
+
+/// Scenario 7's figures for `access`: of its rounds without a failure, the
+/// one with the most immediate polls per second and the one with the most
+/// publishes per second (other load on a shared machine only ever slows a
+/// round down, so the best round is the least disturbed).
+pub fn access_best(
+    rows: &[AccessRow],
+    access: Access,
+) -> (Option<&ImmediateRow>, Option<&DurabilityRow>) {
+    let rounds = || rows.iter().filter(move |a| a.access == access);
+    (
+        rounds()
+            .filter(|a| a.polls_ok())
+            .map(|a| &a.immediate)
+            .max_by(|x, y| x.rps().total_cmp(&y.rps())),
+        rounds()
+            .filter(|a| a.publish_ok())
+            .map(|a| &a.publish)
+            .max_by(|x, y| x.publishes_per_sec().total_cmp(&y.publishes_per_sec())),
+    )
 }
 
 // ---------------------------------------------------------------- pinning

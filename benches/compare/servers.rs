@@ -232,6 +232,108 @@ impl Store {
     }
 }
 
+/// Scenario 7: abide's access control, off or on.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Access {
+    /// (a) No access flags: anyone may do anything; requests carry no token.
+    #[default]
+    Open,
+    /// (b) `--auth-file` with `AUTH_RULES` rules; every request presents the
+    /// harness's token in `Authorization: Bearer`.
+    Tokens,
+    /// (c) (b) and per-client shares large enough never to refuse:
+    /// `--max-waiters-per-client 512 --publish-rate 1000000 --publish-burst 1000000`.
+    TokensAndShares,
+}
+
+/// Rules in scenario 7's auth file.
+pub const AUTH_RULES: usize = 100;
+/// The token the harness presents to scenario 7's servers (32 URL-safe
+/// characters, as long as one `abide token new` makes).
+pub const BENCH_TOKEN: &str = "q8Zc3vN0-xR5tLw2Yb7Hk4Pj9Ds6Fm1A";
+/// (c)'s shares: at most what a run ever uses, so that they never refuse.
+const SHARE_FLAGS: [&str; 6] = [
+    "--max-waiters-per-client",
+    "512",
+    "--publish-rate",
+    "1000000",
+    "--publish-burst",
+    "1000000",
+];
+
+impl Access {
+    pub const ALL: [Access; 3] = [Access::Open, Access::Tokens, Access::TokensAndShares];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Access::Open => "(a) no access flags",
+            Access::Tokens => "(b) `--auth-file`, a token per request",
+            Access::TokensAndShares => "(c) (b) and shares that never refuse",
+        }
+    }
+
+    pub fn short(self) -> &'static str {
+        match self {
+            Access::Open => "(a) open",
+            Access::Tokens => "(b) auth-file",
+            Access::TokensAndShares => "(c) auth + shares",
+        }
+    }
+
+    /// abide's flags besides `--auth-file FILE` (which (b) and (c) add).
+    fn share_flags(self) -> &'static [&'static str] {
+        match self {
+            Access::TokensAndShares => &SHARE_FLAGS,
+            Access::Open | Access::Tokens => &[],
+        }
+    }
+
+    fn tokens(self) -> bool {
+        self != Access::Open
+    }
+}
+
+/// Scenario 7's auth file: `AUTH_RULES` rules of the kinds a site with many
+/// clients has. The harness's token may publish and subscribe everywhere,
+/// and administer `*` for the harness's own `/stats` reads (waiting polls,
+/// store counters); the others are sensors publishing to their own channel,
+/// dashboards reading `sensors.*` and `alerts`, chat apps, an operator, and
+/// one `anonymous` rule.
+pub fn auth_file_text() -> String {
+    let hash = abide::token_hash_text;
+    let mut rules = vec![
+        format!("token bench {} publish,subscribe *", hash(BENCH_TOKEN)),
+        format!("token bench {} admin *", hash(BENCH_TOKEN)),
+        format!("token ops {} admin *", hash("bench-ops")),
+        "anonymous subscribe public.*".to_string(),
+    ];
+    let mut i = 0;
+    while rules.len() < AUTH_RULES {
+        let rule = match i % 4 {
+            0 | 1 => format!(
+                "token sensor-{i:03} {} publish sensors.room-{i:03}",
+                hash(&format!("bench-sensor-{i}"))
+            ),
+            2 => format!(
+                "token dashboard-{i:03} {} subscribe sensors.* alerts",
+                hash(&format!("bench-dashboard-{i}"))
+            ),
+            _ => format!(
+                "token app-{i:03} {} publish,subscribe chat.* news",
+                hash(&format!("bench-app-{i}"))
+            ),
+        };
+        rules.push(rule);
+        i += 1;
+    }
+    let mut text = "# scenario 7 of benches/compare: written by the harness\n".to_string();
+    for rule in rules {
+        text.push_str(&rule);
+        text.push('\n');
+    }
+    text
+}
+
 /// How a server is started.
 #[derive(Clone, Debug)]
 pub struct Launch {
@@ -244,11 +346,18 @@ pub struct Launch {
     /// `--data-dir` (a fresh temporary directory, removed after the run) and
     /// `--sync`. `None`: the harness's usual abide.
     pub store: Option<Store>,
+    /// abide only, scenario 7: `--auth-file` (a fresh temporary file,
+    /// removed after the run) and shares, and the token on the requests
+    /// that `Server` builds (the setup's, scenario 4's and scenario 6's).
+    pub access: Access,
 }
 
 pub struct Server {
     pub kind: Kind,
     pub addr: SocketAddr,
+    /// `Authorization: Bearer TOKEN\r\n` when the server needs a token,
+    /// else empty: added to every request `Server` builds.
+    auth_header: String,
     child: Option<Child>,
     _workdir: Option<TempDir>,
 }
@@ -292,6 +401,19 @@ pub fn describe(kind: Kind, max_waiters: usize) -> String {
     }
 }
 
+/// Scenario 7's abide command line for `access`, for the report.
+pub fn describe_access(access: Access, max_waiters: usize) -> String {
+    let mut line = describe(Kind::Abide, max_waiters);
+    if access.tokens() {
+        line.push_str(" --auth-file DIR/auth");
+    }
+    for flag in access.share_flags() {
+        line.push(' ');
+        line.push_str(flag);
+    }
+    line
+}
+
 /// Scenario 6's abide command line for `store`, for the report.
 pub fn describe_store(store: Store, max_waiters: usize) -> String {
     let mut line = format!("{} --buffer {BUFFER}", describe(Kind::Abide, max_waiters));
@@ -306,8 +428,10 @@ impl Server {
         let port = free_port();
         let addr = SocketAddr::from(([127, 0, 0, 1], port));
         let mut workdir = None;
-        if launch.store.is_some() && launch.kind != Kind::Abide {
-            return Err(io::Error::other("a store is abide's only"));
+        if (launch.store.is_some() || launch.access != Access::Open) && launch.kind != Kind::Abide {
+            return Err(io::Error::other(
+                "a store or access control is abide's only",
+            ));
         }
         let (program, args): (PathBuf, Vec<String>) = match launch.kind {
             Kind::Abide => {
@@ -336,6 +460,23 @@ impl Server {
                         ]);
                     }
                 }
+                if launch.access.tokens() {
+                    // Beside the data directory when there is one.
+                    let dir = match &workdir {
+                        Some(TempDir(dir)) => dir.clone(),
+                        None => {
+                            let dir = std::env::temp_dir()
+                                .join(format!("abide-bench-auth-{}-{port}", std::process::id()));
+                            std::fs::create_dir_all(&dir)?;
+                            workdir = Some(TempDir(dir.clone()));
+                            dir
+                        }
+                    };
+                    let file = dir.join("auth");
+                    std::fs::write(&file, auth_file_text())?;
+                    args.extend(["--auth-file".into(), file.display().to_string()]);
+                }
+                args.extend(launch.access.share_flags().iter().map(|f| f.to_string()));
                 (abide_exe(), args)
             }
             Kind::AsyncCurrent | Kind::AsyncMulti => (
@@ -403,6 +544,11 @@ impl Server {
         let mut server = Server {
             kind: launch.kind,
             addr,
+            auth_header: if launch.access.tokens() {
+                format!("Authorization: Bearer {BENCH_TOKEN}\r\n")
+            } else {
+                String::new()
+            },
             child: Some(child),
             _workdir: workdir,
         };
@@ -466,7 +612,8 @@ impl Server {
         let mut stream = TcpStream::connect(self.addr)?;
         stream.set_read_timeout(Some(Duration::from_secs(10)))?;
         let msg = format!(
-            "{head} HTTP/1.1\r\nHost: bench\r\nAccept: application/json\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}",
+            "{head} HTTP/1.1\r\nHost: bench\r\n{}Accept: application/json\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}",
+            self.auth_header,
             body.len()
         );
         stream.write_all(msg.as_bytes())?;
@@ -616,11 +763,18 @@ impl Server {
         }
     }
 
+    /// `Authorization: Bearer TOKEN\r\n` when the server needs a token
+    /// (scenario 7), else empty: a header line for requests built elsewhere.
+    pub fn auth_header(&self) -> &str {
+        &self.auth_header
+    }
+
     /// A publish request carrying `body`.
     pub fn publish_request(&self, channel: &str, body: &str) -> Vec<u8> {
         format!(
-            "POST {} HTTP/1.1\r\nHost: bench\r\nContent-Type: application/json\r\nAccept: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            "POST {} HTTP/1.1\r\nHost: bench\r\n{}Content-Type: application/json\r\nAccept: application/json\r\nContent-Length: {}\r\n\r\n{body}",
             self.publish_path(channel),
+            self.auth_header,
             body.len()
         )
         .into_bytes()
@@ -628,7 +782,12 @@ impl Server {
 
     /// A long poll from `cursor`.
     pub fn poll_request(&self, channel: &str, cursor: &Cursor, timeout_secs: u64) -> Vec<u8> {
-        request_for(self.kind.is_nchan(), channel, cursor, timeout_secs)
+        let mut request = request_for(self.kind.is_nchan(), channel, cursor, timeout_secs);
+        // Before the blank line that ends the head (a poll has no body).
+        request.truncate(request.len() - 2);
+        request.extend_from_slice(self.auth_header.as_bytes());
+        request.extend_from_slice(b"\r\n");
+        request
     }
 
     /// A request for a stream of Server-Sent Events from `cursor`: abide's
@@ -640,8 +799,11 @@ impl Server {
             }
             _ => format!("/sub/{channel}"),
         };
-        format!("GET {target} HTTP/1.1\r\nHost: bench\r\nAccept: text/event-stream\r\n\r\n")
-            .into_bytes()
+        format!(
+            "GET {target} HTTP/1.1\r\nHost: bench\r\n{}Accept: text/event-stream\r\n\r\n",
+            self.auth_header
+        )
+        .into_bytes()
     }
 
     /// A poll answered at once: the oldest buffered event.
@@ -649,7 +811,10 @@ impl Server {
         if self.kind.is_nchan() {
             format!("GET /now/{channel} HTTP/1.1\r\nHost: bench\r\n\r\n")
         } else {
-            format!("GET /channels/{channel}/events?last_event_id=0&limit=1&timeout=30 HTTP/1.1\r\nHost: bench\r\n\r\n")
+            format!(
+                "GET /channels/{channel}/events?last_event_id=0&limit=1&timeout=30 HTTP/1.1\r\nHost: bench\r\n{}\r\n",
+                self.auth_header
+            )
         }
         .into_bytes()
     }
