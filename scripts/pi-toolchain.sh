@@ -71,19 +71,25 @@ if [ "${#missing[@]}" -gt 0 ]; then
     "${missing[@]}" >/dev/null
 fi
 
-# 3. rustc-web and the target standard libraries, unpacked into $dir.
+# 3. rustc-web and the target standard libraries, unpacked into $dir: the
+# release of Cargo.toml's rust-version (the Pi compiler every crate must
+# build with), not merely the newest (bookworm-security also carries newer
+# ones, which link to another LLVM).
+msrv="$(sed -nE 's/^rust-version *= *"([0-9]+\.[0-9]+).*/\1/p' "$repo/Cargo.toml" | head -n 1)"
+[ -n "$msrv" ] || die "no rust-version in $repo/Cargo.toml"
 stamp="$dir/version"
-if [ -x "$dir/bin/rustc" ] && [ -s "$stamp" ] && "$dir/bin/rustc" -V >/dev/null 2>&1; then
+if [ -x "$dir/bin/rustc" ] && [ -s "$stamp" ] && grep -q "^$msrv\." "$stamp" \
+   && "$dir/bin/rustc" -V >/dev/null 2>&1; then
   version="$(cat "$stamp")"
 else
   if [ "${need_update:-0}" -eq 1 ] || ! apt-cache show libstd-rust-web-dev:armhf >/dev/null 2>&1; then
     ensure_updated
   fi
-  # The newest version that exists for amd64, arm64 and armhf alike.
+  # The newest $msrv.x that exists for amd64, arm64 and armhf alike.
   versions() { apt-cache madison "$1" 2>/dev/null | awk -F'|' '{gsub(/ /, "", $2); print $2}' | sort -u; }
   version="$(comm -12 <(versions rustc-web) <(versions libstd-rust-web-dev:arm64) \
-             | comm -12 - <(versions libstd-rust-web-dev:armhf) | sort -V | tail -n 1)"
-  [ -n "$version" ] || die "no rustc-web version is available for amd64, arm64 and armhf alike (is this Debian 12 or later, with apt-get update done?)"
+             | comm -12 - <(versions libstd-rust-web-dev:armhf) | grep "^$msrv\." | sort -V | tail -n 1 || true)"
+  [ -n "$version" ] || die "no rustc-web $msrv.x is available for amd64, arm64 and armhf alike (is this Debian 12, with apt-get update done?)"
   major_minor="$(printf '%s' "$version" | sed -E 's/^([0-9]+\.[0-9]+).*/\1/')"
   debs=("rustc-web=$version" "libstd-rust-web-$major_minor=$version" "libstd-rust-web-dev=$version")
   for arch in "${foreign_archs[@]}"; do
