@@ -15,7 +15,7 @@ test:
 ## Formatting and clippy, warnings as errors.
 lint:
 	$(CARGO) fmt --all -- --check
-	$(CARGO) clippy --all-targets -- -D warnings
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
 ## Benchmarks: abide beside an async variant (tokio + hyper) and Nchan (when
 ## installed: apt-get install nginx-light libnginx-mod-nchan), five scenarios,
@@ -24,10 +24,12 @@ lint:
 ## `bench` (about 8 minutes) writes BENCHMARKS.md and docs/bench/*.svg;
 ## `bench-quick` (under 2 minutes) writes target/bench-quick/. Never run by `test`.
 bench:
-	BENCH_MODE=full $(CARGO) bench --bench compare
+	$(CARGO) build --release --bin abide
+	BENCH_MODE=full $(CARGO) run --release -p abide-compare
 
 bench-quick:
-	BENCH_MODE=quick $(CARGO) bench --bench compare
+	$(CARGO) build --release --bin abide
+	BENCH_MODE=quick $(CARGO) run --release -p abide-compare
 
 ## The README's sizing table (writes target/sizing.md).
 bench-sizing:

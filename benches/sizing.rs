@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 /// The /proc readings the comparison benchmark uses too.
 #[allow(dead_code)]
-#[path = "compare/procfs.rs"]
+#[path = "compare/src/procfs.rs"]
 mod procfs;
 
 const DEADLINE: Duration = Duration::from_secs(60);

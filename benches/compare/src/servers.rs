@@ -382,11 +382,25 @@ fn self_exe() -> PathBuf {
     std::env::current_exe().expect("current_exe")
 }
 
-/// The abide binary cargo built for this bench (`ABIDE_BIN` overrides it, to
-/// measure an experimental build).
+/// The repository's root: this crate lives in `benches/compare`.
+pub fn workspace_root() -> PathBuf {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    root.canonicalize().unwrap_or(root)
+}
+
+/// The abide binary to measure: `target/release/abide`, which `make bench`
+/// builds first (`ABIDE_BIN` overrides it, to measure an experimental build).
 pub fn abide_exe() -> PathBuf {
-    std::env::var_os("ABIDE_BIN")
-        .map_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_abide")), PathBuf::from)
+    let exe = std::env::var_os("ABIDE_BIN").map_or_else(
+        || workspace_root().join("target/release/abide"),
+        PathBuf::from,
+    );
+    assert!(
+        exe.is_file(),
+        "no abide binary at {}: run `make bench` (it builds one first) or set ABIDE_BIN",
+        exe.display()
+    );
+    exe
 }
 
 /// The command lines of every server, for the report (with a placeholder port).

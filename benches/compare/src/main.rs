@@ -3,14 +3,19 @@
 //! installed, Nchan, in five scenarios (hold, fan-out, throughput, immediate
 //! polls, a Raspberry-Pi-sized profile; the fan-out also with Server-Sent
 //! Events streams for abide and Nchan, and their memory per open stream),
-//! a sixth for abide alone
-//! (durability: publishing into memory, SQLite `--sync normal` and
-//! `--sync full`), and a seventh for abide alone (the cost of access
-//! control: no flags, `--auth-file`, `--auth-file` and shares). Writes BENCHMARKS.md and the SVG plots under docs/bench/
-//! (full mode) or target/bench-quick/ (quick mode).
+//! a sixth for abide alone (durability: publishing into memory, SQLite
+//! `--sync normal` and `--sync full`), and a seventh for abide alone (the
+//! cost of access control: no flags, `--auth-file`, `--auth-file` and
+//! shares). Writes BENCHMARKS.md and the SVG plots under docs/bench/ (full
+//! mode) or target/bench-quick/ (quick mode).
 //!
-//! `make bench` = `BENCH_MODE=full cargo bench --bench compare`;
-//! `make bench-quick` = `BENCH_MODE=quick cargo bench --bench compare`.
+//! A crate of its own in the workspace (`abide-compare`), so that tokio,
+//! hyper and plotters are built only for it, never by `make test` or
+//! `make test-pi`. It measures the release binary `target/release/abide`
+//! (`ABIDE_BIN` overrides it):
+//! `make bench` = `cargo build --release --bin abide` and then
+//! `BENCH_MODE=full cargo run --release -p abide-compare`;
+//! `make bench-quick` the same with `BENCH_MODE=quick`.
 //! Called as `compare serve-async --flavor current|multi --listen ADDR`, this
 //! executable is the async variant's server instead (the harness starts it so).
 //!
@@ -61,7 +66,8 @@ struct Plan {
 }
 
 fn plan() -> Plan {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let root = servers::workspace_root();
+    let root = root.as_path();
     let quick = std::env::var("BENCH_MODE").is_ok_and(|m| m == "quick");
     if quick {
         let out = root.join("target/bench-quick");
@@ -444,10 +450,8 @@ fn main() {
     };
     // The hand-written notes are read when the report is written, so that they
     // can be edited without rebuilding.
-    let notes = std::fs::read_to_string(
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/compare/notes.md"),
-    )
-    .unwrap_or_default();
+    let notes = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("notes.md"))
+        .unwrap_or_default();
     let text = report::render(&r, &meta, &notes);
     let path = plan.out_dir.join("BENCHMARKS.md");
     std::fs::write(&path, text).expect("write BENCHMARKS.md");

@@ -127,7 +127,7 @@ pub fn render(r: &Results, m: &Meta, notes: &str) -> String {
     for k in &r.kinds {
         let what = match k {
             Kind::Abide => "the release `abide` binary (tiny_http, a blocking thread per waiting poll), `--quiet`, default flags (`--buffer 256`, `--max-waiters 512` unless a row says otherwise)".to_string(),
-            Kind::AsyncCurrent => "the async variant (`benches/compare/async_server.rs`, tokio + hyper 1.x, same API subset and semantics, ring of 256 per channel) on a current-thread runtime".to_string(),
+            Kind::AsyncCurrent => "the async variant (`benches/compare/src/async_server.rs`, tokio + hyper 1.x, same API subset and semantics, ring of 256 per channel) on a current-thread runtime".to_string(),
             Kind::AsyncMulti => "the same async variant on a multi-thread runtime with 2 workers".to_string(),
             Kind::Nchan => format!(
                 "Nchan: {} with one worker process, subscriber (long poll; EventSource for the stream rows) and publisher locations on loopback, `nchan_message_buffer_length 256` (config below)",
@@ -408,7 +408,7 @@ pub fn render(r: &Results, m: &Meta, notes: &str) -> String {
         o,
         "```sh\nmake bench          # full run: writes BENCHMARKS.md and docs/bench/*.svg (about 7 minutes)\n\
          make bench-quick    # quick run for development: writes target/bench-quick/ (under 2 minutes)\n\
-         # both are: BENCH_MODE=full|quick cargo bench --bench compare\n\
+         # both are: cargo build --release --bin abide && BENCH_MODE=full|quick cargo run --release -p abide-compare\n\
          apt-get install nginx-light libnginx-mod-nchan   # to include Nchan\n```\n"
     );
     let _ = writeln!(
