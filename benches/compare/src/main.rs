@@ -17,7 +17,9 @@
 //! `BENCH_MODE=full cargo run --release -p abide-compare`;
 //! `make bench-quick` the same with `BENCH_MODE=quick`.
 //! Called as `compare serve-async --flavor current|multi --listen ADDR`, this
-//! executable is the async variant's server instead (the harness starts it so).
+//! executable is the async variant's server instead (the harness starts it so);
+//! as `compare serve-floor --threads N [--hold-threads] --listen ADDR`, the
+//! floor servers (bare tiny_http: `floor_server.rs`, `floor_hold.rs`).
 //!
 //! Every loop is bounded in count and time, all traffic is on loopback, and
 //! every server process is killed by PID when its measurement ends, also on
@@ -25,6 +27,8 @@
 
 mod async_server;
 mod client;
+mod floor_hold;
+mod floor_server;
 mod plots;
 mod procfs;
 mod report;
@@ -122,6 +126,9 @@ fn main() {
     if args.first().map(String::as_str) == Some("serve-async") {
         return serve_async(&args[1..]);
     }
+    if args.first().map(String::as_str) == Some("serve-floor") {
+        return serve_floor(&args[1..]);
+    }
     let _ = rlimit::increase_nofile_limit(u64::MAX);
     let plan = plan();
     // `BENCH_SCENARIOS=2,3` runs only those (for development); default all.
@@ -148,6 +155,8 @@ fn main() {
             eprintln!("Nchan skipped: {why} (apt-get install nginx-light libnginx-mod-nchan)")
         }
     }
+    // The floors, each only in its scenarios (`Kind::in_scenario`).
+    kinds.extend([Kind::FloorHold, Kind::FloorInline1, Kind::FloorInlineN]);
     // `BENCH_SERVERS=abide,nchan` keeps only those (for development); default all.
     if let Ok(keep) = std::env::var("BENCH_SERVERS") {
         kinds.retain(|k| keep.split(',').any(|x| x.trim() == k.short()));
@@ -177,8 +186,9 @@ fn main() {
         access: Vec::new(),
     };
 
+    let of = |s: u8| -> Vec<Kind> { kinds.iter().copied().filter(|k| k.in_scenario(s)).collect() };
     for &n in plan.hold_ns.iter().filter(|_| wanted("1")) {
-        for &k in &kinds {
+        for &k in &of(1) {
             let max_waiters = n.max(ABIDE_DEFAULT_MAX_WAITERS);
             let row = scenarios::hold(&ctx, &launch(k, max_waiters, false), n, plan.idle);
             eprintln!(
@@ -200,7 +210,7 @@ fn main() {
     let streams_wanted = wanted("2") || wanted("2s");
     let stream_kinds: Vec<Kind> = kinds.iter().copied().filter(|k| k.streams()).collect();
     for &n in plan.fanout_ns.iter().filter(|_| streams_wanted) {
-        for &k in kinds.iter().filter(|_| wanted("2")) {
+        for &k in of(2).iter().filter(|_| wanted("2")) {
             let row = scenarios::fanout(
                 &ctx,
                 &launch(k, ABIDE_DEFAULT_MAX_WAITERS, false),
@@ -264,7 +274,7 @@ fn main() {
         }
     }
     for &kk in plan.tp_ks.iter().filter(|_| wanted("3")) {
-        for &k in &kinds {
+        for &k in &of(3) {
             let row = scenarios::throughput(
                 &ctx,
                 &launch(k, ABIDE_DEFAULT_MAX_WAITERS, false),
@@ -289,7 +299,7 @@ fn main() {
             r.throughput.push((k, row));
         }
     }
-    for &k in kinds.iter().filter(|_| wanted("4")) {
+    for &k in of(4).iter().filter(|_| wanted("4")) {
         let row = scenarios::immediate(
             &ctx,
             &launch(k, ABIDE_DEFAULT_MAX_WAITERS, false),
@@ -312,7 +322,7 @@ fn main() {
     if cpus > 1 {
         scenarios::pin_self(&(1..cpus).collect::<Vec<_>>());
     }
-    for &k in kinds.iter().filter(|_| wanted("5")) {
+    for &k in of(5).iter().filter(|_| wanted("5")) {
         let l = launch(k, ABIDE_DEFAULT_MAX_WAITERS, true);
         let h = scenarios::hold(&ctx, &l, ABIDE_DEFAULT_MAX_WAITERS, plan.idle);
         let f = scenarios::fanout(&ctx, &l, ABIDE_DEFAULT_MAX_WAITERS, plan.pi_rounds);
@@ -470,6 +480,7 @@ fn draw_plots(r: &Results, plan: &Plan) -> Vec<(String, String)> {
     // Memory per held waiter vs N.
     let series: plots::Series = kinds
         .iter()
+        .filter(|k| k.in_scenario(1))
         .map(|&k| {
             let pts = r
                 .hold
@@ -497,7 +508,7 @@ fn draw_plots(r: &Results, plan: &Plan) -> Vec<(String, String)> {
     }
     // Fan-out latency vs N.
     let mut series: plots::Series = Vec::new();
-    for &k in kinds {
+    for &k in kinds.iter().filter(|k| k.in_scenario(2)) {
         let rows: Vec<_> = r
             .fanout
             .iter()
@@ -538,7 +549,7 @@ fn draw_plots(r: &Results, plan: &Plan) -> Vec<(String, String)> {
     }
     // Throughput vs K.
     let mut series: plots::Series = Vec::new();
-    for &k in kinds {
+    for &k in kinds.iter().filter(|k| k.in_scenario(3)) {
         let rows: Vec<_> = r
             .throughput
             .iter()
@@ -578,6 +589,29 @@ fn draw_plots(r: &Results, plan: &Plan) -> Vec<(String, String)> {
         Err(e) => eprintln!("plot {file}: {e}"),
     }
     out
+}
+
+fn serve_floor(args: &[String]) {
+    let mut threads = 1;
+    let mut hold_threads = false;
+    let mut listen = std::net::SocketAddr::from(([127, 0, 0, 1], 8082));
+    let mut buffer = servers::BUFFER;
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--hold-threads" => hold_threads = true,
+            "--threads" => threads = it.next().and_then(|v| v.parse().ok()).expect("--threads N"),
+            "--listen" => {
+                listen = it
+                    .next()
+                    .and_then(|v| v.parse().ok())
+                    .expect("--listen ADDR")
+            }
+            "--buffer" => buffer = it.next().and_then(|v| v.parse().ok()).expect("--buffer N"),
+            other => panic!("unknown flag {other}"),
+        }
+    }
+    floor_server::main(threads, hold_threads, listen, buffer);
 }
 
 fn serve_async(args: &[String]) {

@@ -16,6 +16,8 @@ fn color(kind: Kind) -> RGBColor {
         Kind::AsyncCurrent => RGBColor(30, 90, 200),
         Kind::AsyncMulti => RGBColor(20, 160, 160),
         Kind::Nchan => RGBColor(90, 90, 90),
+        Kind::FloorInline1 | Kind::FloorHold => RGBColor(230, 140, 20),
+        Kind::FloorInlineN => RGBColor(150, 90, 200),
     }
 }
 

@@ -133,6 +133,22 @@ pub fn render(r: &Results, m: &Meta, notes: &str) -> String {
                 "Nchan: {} with one worker process, subscriber (long poll; EventSource for the stream rows) and publisher locations on loopback, `nchan_message_buffer_length 256` (config below)",
                 m.nchan.as_ref().map(String::as_str).unwrap_or("?")
             ),
+            Kind::FloorInline1 | Kind::FloorInlineN => format!(
+                "scenarios 3 and 4 only: the floor, a bare tiny_http server (`benches/compare/src/floor_server.rs`, \
+                 the same tiny_http as abide's) answering abide's bytes inline on the thread that called `recv()`, \
+                 with {}; state in one `Mutex`, a poll with nothing to answer parked and answered by the next \
+                 publish's thread; no validation, limits or hand-offs",
+                if *k == Kind::FloorInline1 {
+                    "one such thread".to_string()
+                } else {
+                    format!("one such thread per core ({})", crate::servers::cores())
+                }
+            ),
+            Kind::FloorHold => "scenario 1 only: the memory floor of a thread per waiting poll, the same bare \
+                 tiny_http server (`floor_hold.rs`) holding each poll on its own thread (64 KiB stack) blocked on \
+                 a condvar until a publish or its timeout, tiny_http's connection threads with 128 KiB stacks \
+                 (`RUST_MIN_STACK`) as abide's"
+                .to_string(),
         };
         let _ = writeln!(o, "- **{}**: {what}.", k.label());
     }
@@ -340,7 +356,8 @@ pub fn render(r: &Results, m: &Meta, notes: &str) -> String {
         m.idle_secs
     );
     hold_table(&mut o, &r.hold, &r.kinds);
-    breakdown_table(&mut o, &r.hold);
+    breakdown_table(&mut o, &r.hold, Kind::Abide);
+    breakdown_table(&mut o, &r.hold, Kind::FloorHold);
 
     // ---- scenario 2
     let _ = writeln!(o, "## 2. Fan-out: one publish to N waiters\n");
@@ -394,7 +411,13 @@ pub fn render(r: &Results, m: &Meta, notes: &str) -> String {
         crate::servers::ABIDE_DEFAULT_MAX_WAITERS,
         crate::servers::PI_AS_BYTES
     );
-    pi_table(&mut o, &r.pi_hold, &r.pi_fanout, &r.kinds);
+    let pi_kinds: Vec<Kind> = r
+        .kinds
+        .iter()
+        .copied()
+        .filter(|k| k.in_scenario(5))
+        .collect();
+    pi_table(&mut o, &r.pi_hold, &r.pi_fanout, &pi_kinds);
 
     // ---- scenario 6
     durability_section(&mut o, &r.durability, m);
@@ -428,7 +451,7 @@ pub fn render(r: &Results, m: &Meta, notes: &str) -> String {
     let _ = writeln!(
         o,
         "`compare` is the benchmark's own executable (`benches/compare.rs`), which runs the async variant when \
-         called with `serve-async`; the load generator is the same executable, on a tokio runtime with 2 workers."
+         called with `serve-async`, and the floor servers with `serve-floor`; the load generator is the same executable, on a tokio runtime with 2 workers."
     );
     if let Some(conf) = &m.nchan_config {
         let _ = writeln!(
@@ -461,12 +484,37 @@ fn checks(r: &Results) -> Vec<String> {
             }
         ));
         if let Some(pw) = h.per_waiter_kib() {
+            let floor =
+                find(&r.hold, Kind::FloorHold, |f| f.n == h.n).and_then(HoldRow::per_waiter_kib);
             out.push(format!(
-                "Resident memory per held waiter at N = {}: {:.1} KiB (floor about 21 KB for two blocked threads, \
-                 target at most 24 KB): **{}**. See the breakdown under scenario 1 and the notes.",
+                "Resident memory per held waiter at N = {}: {:.1} KiB ({}, target at most 24 KiB): **{}**. See the \
+                 breakdown under scenario 1 and the notes.",
                 h.n,
                 pw,
+                match floor {
+                    Some(f) => format!("the measured floor of a thread per waiting poll {f:.1} KiB, abide ÷ floor {:.2}×", pw / f),
+                    None => "floor about 21 KB for two blocked threads".into(),
+                },
                 if pw <= 24.0 { "pass" } else { "above target" }
+            ));
+        }
+    }
+    // The issue's targets against the bare tiny_http floor, one recv thread
+    // and one per core: polls/s at least 0.9× the floor's, p99 within 1.5×.
+    let a = find(&r.immediate, Kind::Abide, |i| i.error.is_none());
+    for floor in [Kind::FloorInline1, Kind::FloorInlineN] {
+        if let (Some(a), Some(f)) = (a, find(&r.immediate, floor, |i| i.error.is_none())) {
+            let (rate, p99) = (a.rps() / f.rps(), a.p99_us / f.p99_us);
+            out.push(format!(
+                "Immediate polls against the {}: abide ÷ floor {rate:.2}× the polls/s (target at least 0.9×), \
+                 p99 {p99:.2}× (target at most 1.5×): **{}**.",
+                floor.label().replace("floor: ", "floor, "),
+                match (rate >= 0.9, p99 <= 1.5) {
+                    (true, true) => "pass",
+                    (false, true) => "fewer polls/s",
+                    (true, false) => "p99 above target",
+                    (false, false) => "fewer polls/s, p99 above target",
+                }
             ));
         }
     }
@@ -1041,10 +1089,10 @@ fn hold_table(o: &mut String, rows: &[(Kind, HoldRow)], kinds: &[Kind]) {
     let _ = writeln!(o);
 }
 
-fn breakdown_table(o: &mut String, rows: &[(Kind, HoldRow)]) {
+fn breakdown_table(o: &mut String, rows: &[(Kind, HoldRow)], kind: Kind) {
     let Some(h) = rows
         .iter()
-        .filter(|(k, h)| *k == Kind::Abide && h.error.is_none() && !h.smaps_with.is_empty())
+        .filter(|(k, h)| *k == kind && h.error.is_none() && !h.smaps_with.is_empty())
         .map(|(_, h)| h)
         .find(|h| {
             h.n == h.max_waiters && h.max_waiters == crate::servers::ABIDE_DEFAULT_MAX_WAITERS
@@ -1055,8 +1103,13 @@ fn breakdown_table(o: &mut String, rows: &[(Kind, HoldRow)]) {
     let n = h.n as f64;
     let _ = writeln!(
         o,
-        "Where abide's resident memory goes with N = {} held (from /proc/PID/smaps, mappings told apart by size; \
+        "Where {}'s resident memory goes with N = {} held (from /proc/PID/smaps, mappings told apart by size; \
          KiB per held waiter):\n",
+        if kind == Kind::Abide {
+            "abide"
+        } else {
+            "the floor"
+        },
         h.n
     );
     let _ = writeln!(

@@ -141,7 +141,11 @@ pub fn hold(ctx: &Ctx, launch: &Launch, n: usize, idle: Duration) -> HoldRow {
 fn hold_on(ctx: &Ctx, server: &Server, row: &mut HoldRow, idle: Duration) -> Result<(), String> {
     let n = row.n;
     warm_up(ctx, server)?;
-    let is_abide = server.kind == crate::servers::Kind::Abide;
+    // abide's and the hold floor's mappings, told apart by size alike.
+    let is_abide = matches!(
+        server.kind,
+        crate::servers::Kind::Abide | crate::servers::Kind::FloorHold
+    );
     row.before = procfs::sample(&server.pids());
     row.kernel_before = procfs::kernel();
     if is_abide {

@@ -24,6 +24,13 @@ pub enum Kind {
     AsyncCurrent,
     AsyncMulti,
     Nchan,
+    /// The floor (`floor_server.rs`): bare tiny_http answering inline on one
+    /// `recv()` thread, or on one per core (scenarios 3 and 4).
+    FloorInline1,
+    FloorInlineN,
+    /// The floor of scenario 1 (`floor_hold.rs`): tiny_http and one thread
+    /// blocked on a condvar per held poll.
+    FloorHold,
 }
 
 impl Kind {
@@ -33,6 +40,9 @@ impl Kind {
             Kind::AsyncCurrent => "async, current-thread",
             Kind::AsyncMulti => "async, multi-thread (2)",
             Kind::Nchan => "Nchan (1 worker)",
+            Kind::FloorInline1 => "floor: tiny_http inline, 1 thread",
+            Kind::FloorInlineN => "floor: tiny_http inline, a thread per core",
+            Kind::FloorHold => "floor: tiny_http + a waiter thread per poll",
         }
     }
 
@@ -42,6 +52,26 @@ impl Kind {
             Kind::AsyncCurrent => "async-ct",
             Kind::AsyncMulti => "async-mt",
             Kind::Nchan => "nchan",
+            Kind::FloorInline1 => "floor-1",
+            Kind::FloorInlineN => "floor-n",
+            Kind::FloorHold => "floor-hold",
+        }
+    }
+
+    pub fn is_floor(self) -> bool {
+        matches!(
+            self,
+            Kind::FloorInline1 | Kind::FloorInlineN | Kind::FloorHold
+        )
+    }
+
+    /// Whether the server runs in `scenario` (1 to 7): the floors only where
+    /// they are a floor (the hold in 1, the inline servers in 3 and 4).
+    pub fn in_scenario(self, scenario: u8) -> bool {
+        match self {
+            Kind::FloorHold => scenario == 1,
+            Kind::FloorInline1 | Kind::FloorInlineN => scenario == 3 || scenario == 4,
+            _ => true,
         }
     }
 
@@ -377,6 +407,11 @@ fn free_port() -> u16 {
         .expect("a free loopback port")
 }
 
+/// The machine's cores (the floor's threads in its per-core variant).
+pub fn cores() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
 /// The harness's own executable (the async variant is this binary re-run).
 fn self_exe() -> PathBuf {
     std::env::current_exe().expect("current_exe")
@@ -412,6 +447,14 @@ pub fn describe(kind: Kind, max_waiters: usize) -> String {
         Kind::AsyncCurrent => "compare serve-async --flavor current --listen 127.0.0.1:PORT".into(),
         Kind::AsyncMulti => "compare serve-async --flavor multi --listen 127.0.0.1:PORT".into(),
         Kind::Nchan => "nginx -p DIR -c DIR/nginx.conf -g 'daemon off; master_process on;'".into(),
+        Kind::FloorInline1 => "compare serve-floor --threads 1 --listen 127.0.0.1:PORT".into(),
+        Kind::FloorInlineN => format!(
+            "compare serve-floor --threads {} --listen 127.0.0.1:PORT",
+            cores()
+        ),
+        Kind::FloorHold => {
+            "RUST_MIN_STACK=131072 compare serve-floor --threads 1 --hold-threads --listen 127.0.0.1:PORT".into()
+        }
     }
 }
 
@@ -510,6 +553,26 @@ impl Server {
                     BUFFER.to_string(),
                 ],
             ),
+            Kind::FloorInline1 | Kind::FloorInlineN | Kind::FloorHold => {
+                let threads = if launch.kind == Kind::FloorInlineN {
+                    cores()
+                } else {
+                    1
+                };
+                let mut args = vec![
+                    "serve-floor".into(),
+                    "--threads".into(),
+                    threads.to_string(),
+                    "--listen".into(),
+                    addr.to_string(),
+                    "--buffer".into(),
+                    BUFFER.to_string(),
+                ];
+                if launch.kind == Kind::FloorHold {
+                    args.push("--hold-threads".into());
+                }
+                (self_exe(), args)
+            }
             Kind::Nchan => {
                 let nchan = nchan.ok_or_else(|| io::Error::other("Nchan is not installed"))?;
                 let dir = std::env::temp_dir()
@@ -539,6 +602,11 @@ impl Server {
         } else {
             Command::new(&program)
         };
+        // tiny_http's connection threads: 128 KiB stacks, as abide sets for
+        // itself (floors only; abide sets it in its own `main`).
+        if launch.kind.is_floor() {
+            command.env("RUST_MIN_STACK", "131072");
+        }
         command
             .args(&args)
             .stdin(Stdio::null())
