@@ -127,13 +127,23 @@ impl Grant {
 }
 
 /// A token's name (for the log and its shares) and what it may do.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 struct Holder {
     name: Arc<str>,
     /// The line that named it first, for error messages.
     line: usize,
     grants: Vec<Grant>,
 }
+
+/// Two holders are the same rule whatever line they were written on (a
+/// reload that only moved or commented lines changes nothing).
+impl PartialEq for Holder {
+    fn eq(&self, other: &Holder) -> bool {
+        self.name == other.name && self.grants == other.grants
+    }
+}
+
+impl Eq for Holder {}
 
 /// The rules of an auth file.
 #[derive(Debug, Default, PartialEq, Eq)]

@@ -763,20 +763,12 @@ impl Edge {
             demo: self.config.demo,
         };
         let last_event_id = header(&request, "Last-Event-ID");
-        let accept = header(&request, "Accept");
         let action = request::route(
             request.method().as_str(),
             request.url(),
             last_event_id.as_deref(),
             settings,
-        )
-        .map(|action| match action {
-            Action::Poll(mut spec) => {
-                spec.stream = request::wants_event_stream(accept.as_deref());
-                Action::Poll(spec)
-            }
-            other => other,
-        });
+        );
         let action = match action {
             Ok(action) => action,
             // A body that will not be read (the action has none) is left to
@@ -795,8 +787,11 @@ impl Edge {
                 return refuse(request, err, close);
             }
         };
+        // What routing leaves to the edge: the transport, and who asks.
         let action = match action {
             Action::Poll(mut spec) => {
+                let accept = header(&request, "Accept");
+                spec.stream = request::wants_event_stream(accept.as_deref());
                 spec.client = client;
                 Action::Poll(spec)
             }
