@@ -72,6 +72,9 @@ pub struct Config {
     pub data_dir: Option<PathBuf>,
     /// How a commit reaches the disk (`--sync`); only with `data_dir`.
     pub sync: Sync,
+    /// The Redis that several nodes share events, ids and deletions
+    /// through (`--redis redis://HOST:PORT/DB`); `None`: this node alone.
+    pub redis: Option<String>,
     /// The auth file (`--auth-file`): which token may do what on which
     /// channels; `None`: everything is open to everyone.
     pub auth_file: Option<PathBuf>,
@@ -122,6 +125,7 @@ impl Default for Config {
             data_dir: None,
             sync: Sync::Normal,
             auth_file: None,
+            redis: None,
             public_metrics: false,
             max_waiters_per_client: None,
             publish_rate_per_second: None,
@@ -257,6 +261,28 @@ impl Config {
             .is_some_and(|d| d.as_os_str().is_empty())
         {
             return fail("--data-dir must name a directory".into());
+        }
+        if let Some(url) = &self.redis {
+            if self.data_dir.is_some() {
+                return fail(
+                    "--redis and --data-dir do not go together: with --redis, Redis keeps the events \
+                     (give it append-only persistence)"
+                        .into(),
+                );
+            }
+            if url.starts_with("rediss://") {
+                return fail(
+                    "--redis rediss:// (TLS) is not built in; reach Redis over a private network or a TLS tunnel \
+                     (README: \"More than one machine\")"
+                        .into(),
+                );
+            }
+            if !url.starts_with("redis://") {
+                return fail(format!(
+                    "--redis must be a redis://HOST:PORT/DB address, got {}",
+                    crate::store::redis::redact_url(url)
+                ));
+            }
         }
         if self
             .auth_file

@@ -181,6 +181,9 @@ struct Serve {
     /// with --data-dir: normal (default; a killed process loses nothing acknowledged, a power cut may lose the last moments) or full (an fsync per commit; a power cut loses nothing acknowledged)
     #[argh(option)]
     sync: Option<abide::Sync>,
+    /// share events, ids and cursors with every abide node using this Redis (redis://HOST:PORT/DB; README: "More than one machine"); each node keeps its own waiters and limits. Default: this node alone
+    #[argh(option)]
+    redis: Option<String>,
     /// a file of rules: which token (by its SHA-256) may publish, subscribe or administer which channels (README: "Access control"; `abide token new` makes a token); re-read on SIGHUP. Default: everything open to everyone
     #[argh(option)]
     auth_file: Option<PathBuf>,
@@ -247,6 +250,7 @@ impl Serve {
             quiet: self.quiet,
             demo: !self.no_demo,
             auth_file: self.auth_file,
+            redis: self.redis,
             public_metrics: self.public_metrics,
             max_waiters_per_client: self.max_waiters_per_client,
             publish_rate_per_second: self.publish_rate,

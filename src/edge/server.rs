@@ -48,7 +48,7 @@ use crate::error::Error;
 use crate::hub::stats::Refusal;
 use crate::hub::{Hub, HubLimits, PollStart};
 use crate::shutdown::Shutdown;
-use crate::store::{self, JournalThread};
+use crate::store::{self, StoreThreads};
 
 /// Largest body a request that reads none (anything but a publish) may
 /// carry: tiny_http reads up to this much with the head, before abide sees
@@ -96,8 +96,9 @@ struct Edge {
     kicker: Arc<Kicker>,
     /// A generation with no request for this long has no connection left.
     quiet_period: Duration,
-    /// With `--data-dir`: the journal thread, stopped after the writers.
-    journal: Mutex<Option<JournalThread>>,
+    /// With `--data-dir` or `--redis`: the store's threads, stopped after
+    /// the writers.
+    store: Mutex<Option<StoreThreads>>,
     /// With `--auth-file`: the rules in force, replaced whole by
     /// `reload_rules` (a request keeps the `Arc` it took).
     rules: Mutex<Option<Arc<Rules>>>,
@@ -194,19 +195,24 @@ pub fn start(config: Config) -> io::Result<Running> {
         max_waiters_per_client: config.max_waiters_per_client,
         max_stream: config.max_stream,
     };
-    let (hub, journal) = match &config.data_dir {
-        None => (Hub::new(limits), None),
-        Some(dir) => {
-            // Each writer thread queues at most one record at a time.
+    // Each writer thread queues at most one record at a time.
+    let (hub, store) = match (&config.data_dir, &config.redis) {
+        (Some(dir), _) => {
             let (hub, journal) = store::open(dir, config.sync, limits, config.max_writers)
                 .map_err(io::Error::other)?;
-            (hub, Some(journal))
+            (hub, Some(StoreThreads::Journal(journal)))
         }
+        (None, Some(url)) => {
+            let (hub, threads) =
+                store::redis::open(url, limits, config.max_writers).map_err(io::Error::other)?;
+            (hub, Some(StoreThreads::Redis(threads)))
+        }
+        (None, None) => (Hub::new(limits), None),
     };
     let writer = Writer::new(
         &config,
         hub.clone(),
-        journal.as_ref().map(JournalThread::journal),
+        store.as_ref().map(StoreThreads::store),
         SocketFinder::start(addr.port())?,
     )?;
     let quiet_period = config.max_timeout
@@ -225,7 +231,7 @@ pub fn start(config: Config) -> io::Result<Running> {
         accept_backoff_ms: AtomicU64::new(ACCEPT_BACKOFF_MIN.as_millis() as u64),
         kicker,
         quiet_period,
-        journal: Mutex::new(journal),
+        store: Mutex::new(store),
         rules: Mutex::new(rules),
         publish_rates: config
             .publish_rate_per_second
@@ -302,15 +308,39 @@ fn print_startup_line(c: &Config, addr: SocketAddr) {
         c.cors_origin.as_deref().unwrap_or("off"),
         if c.demo { "on" } else { "off" },
         access_summary(c),
-        match &c.data_dir {
-            None => "events in memory only (lost at exit; --data-dir keeps them)".to_string(),
-            Some(dir) => format!(
+        match (&c.data_dir, &c.redis) {
+            (None, Some(url)) => format!(
+                "events shared through Redis at {}",
+                store::redis::redact_url(url)
+            ),
+            (None, None) => {
+                "events in memory only (lost at exit; --data-dir keeps them)".to_string()
+            }
+            (Some(dir), _) => format!(
                 "events stored in {} (sync {})",
                 dir.join(store::sqlite::DATABASE_FILE).display(),
                 c.sync.name()
             ),
         },
     );
+}
+
+/// `/healthz`: `200` and `ok`; with Redis out of reach, `503` and
+/// `degraded`, so that a load balancer sends publishes elsewhere (the node
+/// still answers the polls it can).
+fn health(hub: &Hub) -> Reply {
+    match hub.link_up() {
+        None => Reply::json(200, r#"{"status":"ok"}"#.into()),
+        Some(true) => Reply::json(200, r#"{"status":"ok","store":"redis"}"#.into()),
+        Some(false) => {
+            let mut reply = Reply::json(
+                503,
+                r#"{"status":"degraded","store":"redis","reason":"redis is unreachable: publishes are refused, polls are answered from what this node holds"}"#.into(),
+            );
+            reply.headers.push(("Retry-After", "2".into()));
+            reply
+        }
+    }
 }
 
 /// The access settings, for the startup line.
@@ -425,8 +455,8 @@ impl Running {
         edge.kicker.stop();
         edge.writer.join(deadline);
         // After the writers: what they queued is committed and answered.
-        if let Some(journal) = edge.journal.lock().take() {
-            journal.stop();
+        if let Some(store) = edge.store.lock().take() {
+            store.stop();
         }
         let servers = std::mem::take(&mut *edge.servers.lock());
         for generation in servers {
@@ -847,7 +877,7 @@ impl Edge {
                 Reply::empty(204)
             }
             Action::Demo => demo::reply(),
-            Action::Healthz => Reply::json(200, r#"{"status":"ok"}"#.into()),
+            Action::Healthz => health(&self.hub),
             Action::Stats => Reply::json(200, self.hub.stats().with_process_figures().to_json()),
             Action::Metrics => Reply::text(
                 200,

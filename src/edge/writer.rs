@@ -59,7 +59,7 @@ use crate::edge::server::all_headers;
 use crate::edge::watchdog::WATCHDOG_TARGET;
 use crate::error::Error;
 use crate::hub::{EarlyAnswer, Hub, PollStart, StreamStep, Ticket, Wake};
-use crate::store::Journal;
+use crate::store::Store;
 
 /// Stack of a waiter thread: it waits and writes a prepared answer.
 pub const WAITER_STACK_BYTES: usize = 64 * 1024;
@@ -288,9 +288,9 @@ pub struct Writer {
     /// This writer, for work the finder thread does on its behalf.
     me: Weak<Writer>,
     hub: Hub,
-    /// With `--data-dir`: publishes and deletions go through the journal,
-    /// which answers once they are committed.
-    journal: Option<Journal>,
+    /// With `--data-dir` or `--redis`: publishes and deletions go through
+    /// the store, which answers once they are stored.
+    store: Option<Store>,
     max_event_bytes: usize,
     idle_timeout: Duration,
     cors_origin: Option<String>,
@@ -314,16 +314,16 @@ pub struct Writer {
 }
 
 impl Writer {
-    /// Whether events go through a store's journal (`--data-dir`); its
-    /// deletions then block on a commit, so they run on a writer thread.
+    /// Whether events go through a store (`--data-dir`, `--redis`); its
+    /// deletions then block on it, so they run on a writer thread.
     pub fn has_store(&self) -> bool {
-        self.journal.is_some()
+        self.store.is_some()
     }
 
     pub fn new(
         config: &Config,
         hub: Hub,
-        journal: Option<Journal>,
+        store: Option<Store>,
         finder: SocketFinder,
     ) -> io::Result<Arc<Writer>> {
         let this: Arc<OnceLock<Weak<Writer>>> = Arc::default();
@@ -339,7 +339,7 @@ impl Writer {
             Writer {
                 me: me.clone(),
                 hub,
-                journal,
+                store,
                 max_event_bytes: config.max_event_bytes,
                 idle_timeout: config.idle_timeout,
                 cors_origin: config.cors_origin.clone(),
@@ -708,8 +708,8 @@ impl Writer {
     /// thread touches each page its deepest frame reaches.
     #[inline(never)]
     fn delete(&self, channel: &str) -> Reply {
-        match &self.journal {
-            Some(journal) => match journal.delete(channel) {
+        match &self.store {
+            Some(store) => match store.delete(channel) {
                 Ok(()) => Reply::empty(204),
                 Err(err) => Reply::error(&err),
             },
@@ -871,9 +871,9 @@ impl Writer {
         let value: serde_json::Value = serde_json::from_str(text)
             .map_err(|e| refuse(Error::BadRequest(format!("body is not valid JSON: {e}"))))?;
         let data_json = serde_json::to_string(&value).expect("a Value serializes");
-        let event = match &self.journal {
-            // Answered once committed; the journal wakes the waiters.
-            Some(journal) => journal.publish(channel, data_json).map_err(refuse)?,
+        let event = match &self.store {
+            // Answered once stored; the store's thread wakes the waiters.
+            Some(store) => store.publish(channel, data_json).map_err(refuse)?,
             None => {
                 let (event, waiters) = self
                     .hub

@@ -70,6 +70,12 @@ impl Channel {
         dropped
     }
 
+    /// Remembers that events through `id` were dropped elsewhere (the shared
+    /// store) before this channel held them.
+    pub fn raise_dropped_through(&mut self, id: u64) {
+        self.dropped_through = self.dropped_through.max(id);
+    }
+
     /// Drops and returns the oldest event, remembering its id as missed.
     pub fn drop_oldest(&mut self) -> Option<Arc<Event>> {
         let event = self.events.pop_front()?;

@@ -15,6 +15,13 @@
 //! (`Change`) for the journal to take (`take_changes`) into its next commit.
 //! The hub never calls the store and never waits for it.
 //!
+//! With Redis (`store/redis.rs`) the hub is a node's mirror of the shared
+//! store: the subscription thread `apply`s every event and deletion in the
+//! order Redis issued their ids, whichever node published them, so what a
+//! node holds is always everything up to some id (never a gap behind a
+//! newer event), and a cursor from another node is answered as it would be
+//! there.
+//!
 //! Called from the dispatch thread (`begin_poll`, `channel_info`, `delete`,
 //! `stats`), from writer threads (`publish_deferred`, `check_publish`), from
 //! waiter threads (`wait`) and from the store's journal thread (`issue_ids`,
@@ -26,7 +33,7 @@ pub mod stats;
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, Instant, SystemTime};
 
 use crossbeam_channel::Sender;
@@ -97,7 +104,40 @@ pub enum Committed {
     Delete {
         channel: Arc<str>,
     },
+    /// Events of `channel` through id `through` were dropped by the store
+    /// (its per-channel bound) before this node held them: a cursor below it
+    /// has missed something. Redis only.
+    Lost {
+        channel: Arc<str>,
+        through: u64,
+    },
 }
+
+/// Where events are kept, for `/stats` and `/healthz`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backing {
+    Memory,
+    Sqlite,
+    Redis,
+}
+
+impl Backing {
+    pub fn name(self) -> &'static str {
+        match self {
+            Backing::Memory => "memory",
+            Backing::Sqlite => "sqlite",
+            Backing::Redis => "redis",
+        }
+    }
+}
+
+/// How far ahead of this node's clock a cursor issued by another node (by
+/// Redis's clock) may be and still count as one the server issued.
+pub const MAX_CLOCK_SKEW: Duration = Duration::from_secs(300);
+
+/// The parts of a Redis link that can be down (`Hub::set_link_down`).
+pub const LINK_SUBSCRIPTION: u8 = 1;
+pub const LINK_WRITER: u8 = 2;
 
 /// The changes a store has not taken yet, and how to tell it there are some.
 struct Pending {
@@ -115,6 +155,10 @@ pub struct Hub {
 struct Shared {
     state: Mutex<State>,
     limits: HubLimits,
+    backing: Backing,
+    /// With Redis: how far ahead of the local clock another node's cursor
+    /// may be (`MAX_CLOCK_SKEW`); 0 otherwise.
+    clock_skew_micros: u64,
     started: Instant,
     counters: Counters,
 }
@@ -134,6 +178,10 @@ struct Counters {
     requests_malformed: AtomicU64,
     store_commits: AtomicU64,
     store_errors: AtomicU64,
+    /// With Redis: the parts of the link that are down (`LINK_*` bits).
+    link_down: AtomicU8,
+    /// With Redis: times the subscription connected again after losing Redis.
+    store_reconnects: AtomicU64,
     /// Requests refused by the access rules or the per-client shares, by
     /// `Refusal` (its discriminant).
     refused: [AtomicU64; Refusal::ALL.len()],
@@ -295,7 +343,19 @@ impl EarlyAnswer {
 impl Hub {
     /// A hub that keeps events in memory only.
     pub fn new(limits: HubLimits) -> Hub {
-        Hub::build(limits, None)
+        Hub::build(limits, None, Backing::Memory)
+    }
+
+    /// A node's mirror of a Redis store: events enter through `apply`, in
+    /// the order Redis issued them. The link starts down until the
+    /// subscription has caught up.
+    pub fn mirror(limits: HubLimits) -> Hub {
+        let hub = Hub::build(limits, None, Backing::Redis);
+        hub.shared
+            .counters
+            .link_down
+            .store(LINK_SUBSCRIPTION, Relaxed);
+        hub
     }
 
     /// A hub whose events a store commits (`apply`); it records what it
@@ -307,10 +367,11 @@ impl Hub {
                 changes: Vec::new(),
                 nudge,
             }),
+            Backing::Sqlite,
         )
     }
 
-    fn build(limits: HubLimits, pending: Option<Pending>) -> Hub {
+    fn build(limits: HubLimits, pending: Option<Pending>, backing: Backing) -> Hub {
         Hub {
             shared: Arc::new(Shared {
                 state: Mutex::new(State {
@@ -333,6 +394,11 @@ impl Hub {
                     shutting_down: false,
                 }),
                 limits,
+                backing,
+                clock_skew_micros: match backing {
+                    Backing::Redis => MAX_CLOCK_SKEW.as_micros() as u64,
+                    Backing::Memory | Backing::Sqlite => 0,
+                },
                 started: Instant::now(),
                 counters: Counters::default(),
             }),
@@ -408,12 +474,15 @@ impl Hub {
         for item in committed {
             match item {
                 Committed::Event { channel, event } => {
+                    // Issued here (`issue_ids`) or by the shared store.
+                    st.ids.raise_to(event.id);
                     let (woken, lost) = st.insert(channel, event.clone(), limits);
                     wake.extend(woken);
                     dropped += lost;
                     published += 1;
                 }
                 Committed::Delete { channel } => wake.extend(st.delete(channel)),
+                Committed::Lost { channel, through } => st.lose(channel, *through),
             }
         }
         drop(st);
@@ -475,6 +544,33 @@ impl Hub {
         self.shared.state.lock().ids.last_id()
     }
 
+    /// Raises the largest id issued so far to `id` (a deletion's id, issued
+    /// by the shared store).
+    pub fn raise_last_id(&self, id: u64) {
+        self.shared.state.lock().ids.raise_to(id);
+    }
+
+    /// Marks a part of the Redis link (`LINK_*`) down or up again.
+    pub fn set_link_down(&self, part: u8, down: bool) {
+        let link = &self.shared.counters.link_down;
+        if down {
+            link.fetch_or(part, Relaxed);
+        } else {
+            link.fetch_and(!part, Relaxed);
+        }
+    }
+
+    /// With Redis: whether every part of the link is up.
+    pub fn link_up(&self) -> Option<bool> {
+        (self.shared.backing == Backing::Redis)
+            .then(|| self.shared.counters.link_down.load(Relaxed) == 0)
+    }
+
+    /// Counts a subscription that connected again after losing Redis.
+    pub fn count_store_reconnect(&self) {
+        self.shared.counters.store_reconnects.fetch_add(1, Relaxed);
+    }
+
     /// Counts a store commit.
     pub fn count_store_commit(&self) {
         self.shared.counters.store_commits.fetch_add(1, Relaxed);
@@ -515,7 +611,8 @@ impl Hub {
         self.expire(&mut st, now);
 
         // A cursor this server cannot have issued is answered with what is held.
-        let future = spec.cursor > st.ids.horizon(wall_micros(SystemTime::now()));
+        let now_micros = wall_micros(SystemTime::now()) + self.shared.clock_skew_micros;
+        let future = spec.cursor > st.ids.horizon(now_micros);
         let cursor = if future { 0 } else { spec.cursor };
         let names: Vec<&str> = spec.channels.iter().map(String::as_str).collect();
         if !spec.stream {
@@ -816,7 +913,7 @@ impl Hub {
     }
 
     pub fn stats(&self) -> Stats {
-        let (waiters, streams, peak_waiters, channels, events_stored, stored_bytes, store) = {
+        let (waiters, streams, peak_waiters, channels, events_stored, stored_bytes) = {
             let mut st = self.shared.state.lock();
             self.expire(&mut st, Instant::now());
             (
@@ -826,11 +923,6 @@ impl Hub {
                 st.channels.len(),
                 st.stored_events,
                 st.stored_bytes,
-                if st.pending.is_some() {
-                    "sqlite"
-                } else {
-                    "memory"
-                },
             )
         };
         let c = &self.shared.counters;
@@ -852,9 +944,11 @@ impl Hub {
             connections_cut: c.connections_cut.load(Relaxed),
             requests_overloaded: c.requests_overloaded.load(Relaxed),
             requests_malformed: c.requests_malformed.load(Relaxed),
-            store,
+            store: self.shared.backing.name(),
             store_commits: c.store_commits.load(Relaxed),
             store_errors: c.store_errors.load(Relaxed),
+            store_connected: self.link_up(),
+            store_reconnects: c.store_reconnects.load(Relaxed),
             requests_refused: RefusedCounts::from_fn(|r| c.refused[r as usize].load(Relaxed)),
             uptime_seconds: self.shared.started.elapsed().as_secs(),
             threads: None,
@@ -944,6 +1038,21 @@ impl State {
                 let _ = pending.nudge.try_send(());
             }
             pending.changes.push(change);
+        }
+    }
+
+    /// Remembers that `name` lost events through `through` in the store
+    /// before this node held them: on the channel if it exists, else as
+    /// its tombstone.
+    fn lose(&mut self, name: &Arc<str>, through: u64) {
+        match self.channels.get_mut(&**name) {
+            Some(ch) => ch.raise_dropped_through(through),
+            None => {
+                let known = self.tombstones.get(&**name).copied().unwrap_or(0);
+                if through > known {
+                    self.bury(name.clone(), through);
+                }
+            }
         }
     }
 

@@ -109,13 +109,20 @@ pub struct Stats {
     /// Requests refused by the access rules (`401`, `403`) or a client's
     /// share (`429`), by reason.
     pub requests_refused: RefusedCounts,
-    /// Where events are kept: `memory`, or `sqlite` (`--data-dir`).
+    /// Where events are kept: `memory`, `sqlite` (`--data-dir`) or `redis`
+    /// (`--redis`).
     pub store: &'static str,
     /// Transactions the store committed (each carries a batch of events).
     pub store_commits: u64,
     /// Commits that failed (disk full, I/O error); their publishes were
     /// refused and nothing of them was stored.
     pub store_errors: u64,
+    /// With Redis: whether the node reaches it (subscription and writes);
+    /// absent otherwise.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub store_connected: Option<bool>,
+    /// With Redis: times the subscription connected again after losing it.
+    pub store_reconnects: u64,
     pub uptime_seconds: u64,
     /// Threads of the process (Linux only).
     pub threads: Option<u64>,
@@ -268,6 +275,20 @@ impl Stats {
                 "counter",
                 "Store commits that failed (their publishes were refused).",
                 Some(self.store_errors),
+            );
+        }
+        if let Some(connected) = self.store_connected {
+            metric(
+                "redis_connected",
+                "gauge",
+                "1 while the node reaches Redis (subscription and writes), else 0.",
+                Some(u64::from(connected)),
+            );
+            metric(
+                "redis_reconnects_total",
+                "counter",
+                "Times the subscription connected again after losing Redis.",
+                Some(self.store_reconnects),
             );
         }
         metric(

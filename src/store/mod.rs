@@ -17,6 +17,7 @@
 //! to write (idle costs no wake-up). Without `--data-dir` none of this
 //! exists: writers publish straight into the hub.
 
+pub mod redis;
 pub mod sqlite;
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
@@ -72,20 +73,20 @@ const TAKEN: u8 = 1;
 const ABANDONED: u8 = 2;
 
 /// Where a record's outcome goes, and who may still act on it.
-struct Receipt<T> {
+pub(crate) struct Receipt<T> {
     claim: Arc<AtomicU8>,
     to: Sender<Result<T, Error>>,
 }
 
 impl<T> Receipt<T> {
     /// Takes the record for a commit, unless its publisher gave up on it.
-    fn take(&self) -> bool {
+    pub(crate) fn take(&self) -> bool {
         self.claim
             .compare_exchange(QUEUED, TAKEN, Ordering::AcqRel, Ordering::Acquire)
             .is_ok()
     }
 
-    fn answer(&self, outcome: Result<T, Error>) {
+    pub(crate) fn answer(&self, outcome: Result<T, Error>) {
         // The publisher waits for it; a full or closed channel cannot happen
         // (one answer per receipt) or means it is gone.
         let _ = self.to.try_send(outcome);
@@ -112,6 +113,56 @@ impl Record {
         match self {
             Record::Publish { data_json, .. } => data_json.len(),
             Record::Delete { .. } | Record::Stop => 0,
+        }
+    }
+}
+
+/// Where writer threads send publishes and deletions when events are kept
+/// outside memory: the SQLite journal (`--data-dir`) or Redis (`--redis`).
+#[derive(Clone)]
+pub enum Store {
+    Journal(Journal),
+    Redis(redis::Link),
+}
+
+impl Store {
+    /// Stores one event; returns it once stored and visible on this node.
+    pub fn publish(&self, channel: &str, data_json: String) -> Result<Arc<Event>, Error> {
+        match self {
+            Store::Journal(journal) => journal.publish(channel, data_json),
+            Store::Redis(link) => link.publish(channel, data_json),
+        }
+    }
+
+    /// Deletes a channel; returns once the deletion is stored.
+    pub fn delete(&self, channel: &str) -> Result<(), Error> {
+        match self {
+            Store::Journal(journal) => journal.delete(channel),
+            Store::Redis(link) => link.delete(channel),
+        }
+    }
+}
+
+/// The threads behind a `Store`.
+pub enum StoreThreads {
+    Journal(JournalThread),
+    Redis(redis::RedisThreads),
+}
+
+impl StoreThreads {
+    pub fn store(&self) -> Store {
+        match self {
+            StoreThreads::Journal(journal) => Store::Journal(journal.journal()),
+            StoreThreads::Redis(threads) => Store::Redis(threads.link()),
+        }
+    }
+
+    /// Stores what is queued and ends the threads (after every writer that
+    /// could queue more has stopped, or given up on).
+    pub fn stop(self) {
+        match self {
+            StoreThreads::Journal(journal) => journal.stop(),
+            StoreThreads::Redis(threads) => threads.stop(),
         }
     }
 }
@@ -213,52 +264,64 @@ impl Journal {
     }
 
     fn submit<T>(&self, record: impl FnOnce(Receipt<T>) -> Record) -> Result<T, Error> {
-        let claim = Arc::new(AtomicU8::new(QUEUED));
-        let (to, outcome) = bounded(1);
-        let record = record(Receipt {
-            claim: claim.clone(),
-            to,
-        });
-        match self.records.try_send(record) {
-            Ok(()) => {}
-            Err(TrySendError::Full(_)) => {
-                return Err(Error::Busy {
-                    message: "the journal queue is full; retry later".into(),
-                    retry_after_secs: 1,
-                });
-            }
-            Err(TrySendError::Disconnected(_)) => return Err(stopped()),
+        submit(&self.records, "the journal", record)
+    }
+}
+
+/// Queues the record `record` builds to the store thread `store` names and
+/// waits for its outcome: `503` if the queue is full, or if the thread does
+/// not take it within `MAX_QUEUE_WAIT` (then it is skipped, never stored).
+/// Once taken, the outcome is the thread's, however long it takes.
+pub(crate) fn submit<R, T>(
+    records: &Sender<R>,
+    store: &str,
+    record: impl FnOnce(Receipt<T>) -> R,
+) -> Result<T, Error> {
+    let claim = Arc::new(AtomicU8::new(QUEUED));
+    let (to, outcome) = bounded(1);
+    let record = record(Receipt {
+        claim: claim.clone(),
+        to,
+    });
+    match records.try_send(record) {
+        Ok(()) => {}
+        Err(TrySendError::Full(_)) => {
+            return Err(Error::Busy {
+                message: format!("{store} queue is full; retry later"),
+                retry_after_secs: 1,
+            });
         }
-        match outcome.recv_timeout(MAX_QUEUE_WAIT) {
-            Ok(outcome) => outcome,
-            Err(RecvTimeoutError::Disconnected) => Err(dropped()),
-            Err(RecvTimeoutError::Timeout) => {
-                let given_up = claim
-                    .compare_exchange(QUEUED, ABANDONED, Ordering::AcqRel, Ordering::Acquire)
-                    .is_ok();
-                if given_up {
-                    Err(Error::Busy {
-                        message: format!(
-                            "the store did not take the event within {} s; it was not stored; retry later",
-                            MAX_QUEUE_WAIT.as_secs()
-                        ),
-                        retry_after_secs: 5,
-                    })
-                } else {
-                    // Taken: its commit decides, so wait for the outcome.
-                    outcome.recv().unwrap_or_else(|_| Err(dropped()))
-                }
+        Err(TrySendError::Disconnected(_)) => return Err(stopped()),
+    }
+    match outcome.recv_timeout(MAX_QUEUE_WAIT) {
+        Ok(outcome) => outcome,
+        Err(RecvTimeoutError::Disconnected) => Err(dropped()),
+        Err(RecvTimeoutError::Timeout) => {
+            let given_up = claim
+                .compare_exchange(QUEUED, ABANDONED, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok();
+            if given_up {
+                Err(Error::Busy {
+                    message: format!(
+                        "the store did not take the event within {} s; it was not stored; retry later",
+                        MAX_QUEUE_WAIT.as_secs()
+                    ),
+                    retry_after_secs: 5,
+                })
+            } else {
+                // Taken: its commit decides, so wait for the outcome.
+                outcome.recv().unwrap_or_else(|_| Err(dropped()))
             }
         }
     }
 }
 
-/// The journal dropped a record without an answer (a bug; it logged it).
-fn dropped() -> Error {
+/// The store thread dropped a record without an answer (a bug; it logged it).
+pub(crate) fn dropped() -> Error {
     Error::Internal("the store failed on this request; see the server log".into())
 }
 
-fn stopped() -> Error {
+pub(crate) fn stopped() -> Error {
     Error::Busy {
         message: "server is shutting down".into(),
         retry_after_secs: 1,
