@@ -7,6 +7,8 @@
 //! - `abide_python`: `python3` is on PATH;
 //! - `abide_curl`: `curl` is on PATH;
 //! - `abide_nginx`: `nginx` is on PATH or in /usr/sbin;
+//! - `abide_redis`: `redis-server` is on PATH or in /usr/bin (the tests of
+//!   `--redis` start their own on a free port);
 //! - `abide_cross`: the target is not the host (tests then run under
 //!   qemu-user, where resident memory is not abide's alone);
 //! - `abide_root`: the build runs as root, so tests can run abide as
@@ -50,6 +52,14 @@ fn main() {
                 "nginx",
                 on_path("nginx")
                     .or_else(|| Some(PathBuf::from("/usr/sbin/nginx")).filter(|p| p.is_file())),
+            )],
+        ),
+        (
+            "abide_redis",
+            vec![(
+                "redis-server",
+                on_path("redis-server")
+                    .or_else(|| Some(PathBuf::from("/usr/bin/redis-server")).filter(|p| p.is_file())),
             )],
         ),
     ];
