@@ -54,6 +54,9 @@ pub enum Error {
     },
     /// A bug: a handler panicked or an invariant broke (500).
     Internal(String),
+    /// `504`: the store went away while it had the request, and whether it
+    /// was done could not be learnt in time (`--redis` only).
+    OutcomeUnknown(String),
 }
 
 impl Error {
@@ -73,6 +76,7 @@ impl Error {
             Error::Busy { .. } => 503,
             Error::StorageFull { .. } => 507,
             Error::Internal(_) => 500,
+            Error::OutcomeUnknown(_) => 504,
         }
     }
 
@@ -89,7 +93,8 @@ impl fmt::Display for Error {
             | Error::NotFound(msg)
             | Error::Forbidden(msg)
             | Error::NotImplemented(msg)
-            | Error::Internal(msg) => f.write_str(msg),
+            | Error::Internal(msg)
+            | Error::OutcomeUnknown(msg) => f.write_str(msg),
             Error::Busy { message, .. }
             | Error::StorageFull { message, .. }
             | Error::TooManyRequests { message, .. }

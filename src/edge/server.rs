@@ -205,7 +205,7 @@ pub fn start(config: Config) -> io::Result<Running> {
         (None, Some(url)) => {
             let (hub, threads) =
                 store::redis::open(url, limits, config.max_writers).map_err(io::Error::other)?;
-            (hub, Some(StoreThreads::Redis(threads)))
+            (hub, Some(StoreThreads::Redis(Box::new(threads))))
         }
         (None, None) => (Hub::new(limits), None),
     };

@@ -146,7 +146,8 @@ impl Store {
 /// The threads behind a `Store`.
 pub enum StoreThreads {
     Journal(JournalThread),
-    Redis(redis::RedisThreads),
+    /// Boxed: it holds the Redis address with its connection settings.
+    Redis(Box<redis::RedisThreads>),
 }
 
 impl StoreThreads {

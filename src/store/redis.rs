@@ -17,10 +17,13 @@
 //!   deletions writer threads queue (`Link`), sends every one queued
 //!   meanwhile as one pipeline of scripts (one round trip), and answers
 //!   each with its id. Redis unreachable: the record is refused `503` and
-//!   nothing is stored. A connection lost after the scripts were sent
+//!   nothing is stored (a connection idle for a second is pinged before
+//!   scripts go out on it). A connection lost after the scripts were sent
 //!   leaves their outcome unknown: the thread reconnects and looks for each
-//!   publish's token in its channel's stream before it answers, so a `201`
-//!   is always stored and a `503` never is.
+//!   publish's token in its channel's stream; found, it is answered `201`,
+//!   not found, it is sent again on the new connection. So a `201` is always
+//!   stored and a `503` never is; only when Redis stays away for
+//!   `RECHECK_WINDOW` is such a publish answered `504` (outcome unknown).
 //! - **The subscription thread** (`abide-redis-sub`) holds one subscription
 //!   and applies every announced event and deletion to the node's hub (its
 //!   mirror) in id order, which wakes the local waiters. After every
@@ -84,7 +87,7 @@ const KEEPALIVE_RETRIES: u32 = 3;
 /// drawn between half and all of it (jitter), so that nodes which lost
 /// Redis together do not come back in step.
 const BACKOFF_FIRST: Duration = Duration::from_millis(100);
-const BACKOFF_LAST: Duration = Duration::from_secs(5);
+const BACKOFF_LAST: Duration = Duration::from_secs(2);
 
 /// A publish waits at most this long for its event to come back through
 /// the node's subscription before it is answered anyway (it is stored).
@@ -93,6 +96,9 @@ const VISIBLE_WAIT: Duration = Duration::from_secs(2);
 /// How long the writer keeps trying to learn the outcome of scripts sent
 /// on a connection that broke before they were answered.
 const RECHECK_WINDOW: Duration = Duration::from_secs(5);
+
+/// A writer connection idle for longer is pinged before a batch is sent.
+const IDLE_CHECK: Duration = Duration::from_secs(1);
 
 /// `Retry-After` of a publish refused because Redis is unreachable.
 const UNREACHABLE_RETRY_SECS: u32 = 2;
@@ -515,6 +521,9 @@ struct Scripts {
     con: Connection,
     publish_sha: String,
     delete_sha: String,
+    /// When it last answered: one idle longer than `IDLE_CHECK` is pinged
+    /// before a batch goes out on it.
+    answered_at: Instant,
 }
 
 impl Scripts {
@@ -532,7 +541,22 @@ impl Scripts {
             con,
             publish_sha,
             delete_sha,
+            answered_at: Instant::now(),
         })
+    }
+
+    /// Whether the connection still reaches Redis: pinged if it has been
+    /// idle, or if the link is `suspect`, so that a Redis that went away (or
+    /// restarted) meanwhile is found before any script is sent on it, when
+    /// nothing can have been stored, rather than after, when the outcome
+    /// would be unknown.
+    fn alive(&mut self, suspect: bool) -> bool {
+        if !suspect && self.answered_at.elapsed() < IDLE_CHECK {
+            return true;
+        }
+        let pong = redis::cmd("PING").query::<String>(&mut self.con).is_ok();
+        self.answered_at = Instant::now();
+        pong
     }
 }
 
@@ -565,6 +589,14 @@ fn write(target: Target, hub: Hub, bounds: Bounds, records: Receiver<Record>) {
         }
         let stop = batch.iter().any(|r| matches!(r, Record::Stop));
         let batch: Vec<Record> = batch.into_iter().filter(Record::take).collect();
+        // The subscription noticing a lost link first is the usual sign
+        // that Redis went away: then the writer's connection is checked too.
+        let suspect = hub.link_up() == Some(false);
+        if !batch.is_empty() && scripts.as_mut().is_some_and(|s| !s.alive(suspect)) {
+            // Went away while idle: nothing was sent; connect again now.
+            scripts = None;
+            retry_at = None;
+        }
         if scripts.is_none() && retry_at.is_none_or(|at| Instant::now() >= at) {
             match Scripts::load(&target) {
                 Ok(loaded) => {
@@ -717,6 +749,7 @@ fn send(scripts: &mut Scripts, hub: &Hub, bounds: Bounds, batch: &[&Record]) -> 
         }
     }
     let replies: Vec<RedisResult<Value>> = pipe.query(&mut scripts.con)?;
+    scripts.answered_at = Instant::now();
     hub.count_store_commit();
     let mut script_missing = None;
     for (record, reply) in batch.iter().zip(replies) {
@@ -766,7 +799,7 @@ enum Settle {
 /// before they were answered: a publish whose token is in its channel's
 /// stream was stored (answered with its id); one whose token is not was
 /// not (returned, or answered `503`: `mode`). Tries to reach Redis for
-/// `RECHECK_WINDOW`; what stays unknown is answered `503` saying so, and so
+/// `RECHECK_WINDOW`; what stays unknown is answered `504` saying so, and so
 /// is a deletion (its outcome cannot be looked up).
 fn settle<'a>(
     target: &Target,
@@ -804,22 +837,17 @@ fn settle<'a>(
                         message: "lost redis before the event was stored; nothing was stored; retry later".into(),
                         retry_after_secs: UNREACHABLE_RETRY_SECS,
                     })),
-                    Some(Err(_)) | None => receipt.answer(Err(Error::Busy {
-                        message: format!(
-                            "lost redis while storing the event and could not learn within {} s whether it was stored; \
-                             retry later (a retry may store it twice)",
-                            RECHECK_WINDOW.as_secs()
-                        ),
-                        retry_after_secs: UNREACHABLE_RETRY_SECS,
-                    })),
+                    Some(Err(_)) | None => receipt.answer(Err(Error::OutcomeUnknown(format!(
+                        "lost redis while storing the event; outcome unknown: could not learn within {} s \
+                         whether it was stored, so it may appear (a retry may store it twice)",
+                        RECHECK_WINDOW.as_secs()
+                    )))),
                 }
             }
-            Record::Delete { receipt, .. } => receipt.answer(Err(Error::Busy {
-                message:
-                    "lost redis while deleting; the channel may or may not be deleted; retry later"
-                        .into(),
-                retry_after_secs: UNREACHABLE_RETRY_SECS,
-            })),
+            Record::Delete { receipt, .. } => receipt.answer(Err(Error::OutcomeUnknown(
+                "lost redis while deleting the channel; outcome unknown: it may or may not be deleted"
+                    .into(),
+            ))),
             Record::Stop => {}
         }
     }
