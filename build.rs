@@ -8,7 +8,7 @@
 //! - `abide_curl`: `curl` is on PATH;
 //! - `abide_nginx`: `nginx` is on PATH or in /usr/sbin;
 //! - `abide_redis`: `redis-server` is on PATH or in /usr/bin (the tests of
-//!   `--redis` start their own on a free port);
+//!   `--redis` start their own on a free port), and `openssl` is on PATH;
 //! - `abide_cross`: the target is not the host (tests then run under
 //!   qemu-user, where resident memory is not abide's alone);
 //! - `abide_root`: the build runs as root, so tests can run abide as
@@ -56,11 +56,16 @@ fn main() {
         ),
         (
             "abide_redis",
-            vec![(
-                "redis-server",
-                on_path("redis-server")
-                    .or_else(|| Some(PathBuf::from("/usr/bin/redis-server")).filter(|p| p.is_file())),
-            )],
+            vec![
+                (
+                    "redis-server",
+                    on_path("redis-server").or_else(|| {
+                        Some(PathBuf::from("/usr/bin/redis-server")).filter(|p| p.is_file())
+                    }),
+                ),
+                // Makes the certificates of the TLS test.
+                ("openssl", on_path("openssl")),
+            ],
         ),
     ];
     // A cross build's tests run under qemu-user (make test-pi), where a

@@ -75,6 +75,9 @@ pub struct Config {
     /// The Redis that several nodes share events, ids and deletions
     /// through (`--redis redis://HOST:PORT/DB`); `None`: this node alone.
     pub redis: Option<String>,
+    /// With a `rediss://` address: trust only the CA certificates in this
+    /// PEM file (`--redis-ca`); `None`: the system's.
+    pub redis_ca: Option<PathBuf>,
     /// The auth file (`--auth-file`): which token may do what on which
     /// channels; `None`: everything is open to everyone.
     pub auth_file: Option<PathBuf>,
@@ -126,6 +129,7 @@ impl Default for Config {
             sync: Sync::Normal,
             auth_file: None,
             redis: None,
+            redis_ca: None,
             public_metrics: false,
             max_waiters_per_client: None,
             publish_rate_per_second: None,
@@ -270,19 +274,20 @@ impl Config {
                         .into(),
                 );
             }
-            if url.starts_with("rediss://") {
-                return fail(
-                    "--redis rediss:// (TLS) is not built in; reach Redis over a private network or a TLS tunnel \
-                     (README: \"More than one machine\")"
-                        .into(),
-                );
-            }
-            if !url.starts_with("redis://") {
+            if !url.starts_with("redis://") && !url.starts_with("rediss://") {
                 return fail(format!(
-                    "--redis must be a redis://HOST:PORT/DB address, got {}",
+                    "--redis must be a redis://HOST:PORT/DB (or rediss:// for TLS) address, got {}",
                     crate::store::redis::redact_url(url)
                 ));
             }
+        }
+        if self.redis_ca.is_some()
+            && !self
+                .redis
+                .as_deref()
+                .is_some_and(|url| url.starts_with("rediss://"))
+        {
+            return fail("--redis-ca goes with a --redis rediss:// (TLS) address".into());
         }
         if self
             .auth_file

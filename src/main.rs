@@ -18,6 +18,8 @@ struct Cli {
 
 #[derive(FromArgs)]
 #[argh(subcommand)]
+// Parsed once at start; argh cannot box a subcommand.
+#[allow(clippy::large_enum_variant)]
 enum Command {
     Serve(Serve),
     Publish(Publish),
@@ -184,6 +186,9 @@ struct Serve {
     /// share events, ids and cursors with every abide node using this Redis (redis://HOST:PORT/DB; README: "More than one machine"); each node keeps its own waiters and limits. Default: this node alone
     #[argh(option)]
     redis: Option<String>,
+    /// with --redis rediss://…: trust only the CA certificates in this PEM file (for a Redis with a private CA); default: the system's CAs
+    #[argh(option)]
+    redis_ca: Option<PathBuf>,
     /// a file of rules: which token (by its SHA-256) may publish, subscribe or administer which channels (README: "Access control"; `abide token new` makes a token); re-read on SIGHUP. Default: everything open to everyone
     #[argh(option)]
     auth_file: Option<PathBuf>,
@@ -251,6 +256,7 @@ impl Serve {
             demo: !self.no_demo,
             auth_file: self.auth_file,
             redis: self.redis,
+            redis_ca: self.redis_ca,
             public_metrics: self.public_metrics,
             max_waiters_per_client: self.max_waiters_per_client,
             publish_rate_per_second: self.publish_rate,

@@ -27,6 +27,9 @@ struct Redis {
     port: u16,
     dir: TempDir,
     append_only: bool,
+    /// Serves TLS only, with the certificates `make_certificates` wrote in
+    /// `dir`.
+    tls: bool,
 }
 
 impl Redis {
@@ -40,7 +43,18 @@ impl Redis {
         Redis::launch(true)
     }
 
+    /// TLS only, its certificate signed by a CA of its own (`ca_path`).
+    fn start_tls() -> Redis {
+        let dir = TempDir::new("redis-tls");
+        make_certificates(dir.path());
+        Redis::launch_in(dir, false, true)
+    }
+
     fn launch(append_only: bool) -> Redis {
+        Redis::launch_in(TempDir::new("redis"), append_only, false)
+    }
+
+    fn launch_in(dir: TempDir, append_only: bool, tls: bool) -> Redis {
         let port = TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .expect("a free port")
@@ -48,11 +62,16 @@ impl Redis {
         let mut redis = Redis {
             child: None,
             port,
-            dir: TempDir::new("redis"),
+            dir,
             append_only,
+            tls,
         };
         redis.restart();
         redis
+    }
+
+    fn ca_path(&self) -> PathBuf {
+        self.dir.path().join("ca.crt")
     }
 
     /// Starts it (again) on the same port and directory, and waits until it
@@ -64,8 +83,34 @@ impl Redis {
         } else {
             &["--appendonly", "no"]
         };
+        let port = self.port.to_string();
+        let cert = |name: &str| self.dir.path().join(name).display().to_string();
+        let listen: Vec<String> = if self.tls {
+            [
+                "--port",
+                "0",
+                "--tls-port",
+                &port,
+                "--tls-auth-clients",
+                "no",
+            ]
+            .iter()
+            .map(|s| s.to_string())
+            .chain([
+                "--tls-cert-file".into(),
+                cert("server.crt"),
+                "--tls-key-file".into(),
+                cert("server.key"),
+                "--tls-ca-cert-file".into(),
+                cert("ca.crt"),
+            ])
+            .collect()
+        } else {
+            vec!["--port".into(), port.clone()]
+        };
         let child = Command::new(redis_binary())
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args(&listen)
+            .args(["--bind", "127.0.0.1"])
             .args(["--dir", self.dir.arg(), "--save", ""])
             .args(persistence)
             .stdout(Stdio::null())
@@ -84,11 +129,22 @@ impl Redis {
     }
 
     fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/0", self.port)
+        let scheme = if self.tls { "rediss" } else { "redis" };
+        format!("{scheme}://127.0.0.1:{}/0", self.port)
     }
 
     fn ping(&self) -> bool {
-        redis::Client::open(self.url())
+        let client = if self.tls {
+            let _ = rustls::crypto::ring::default_provider().install_default();
+            let certificates = redis::TlsCertificates {
+                client_tls: None,
+                root_cert: Some(std::fs::read(self.ca_path()).expect("the CA certificate")),
+            };
+            redis::Client::build_with_tls(self.url(), certificates)
+        } else {
+            redis::Client::open(self.url())
+        };
+        client
             .and_then(|c| c.get_connection_with_timeout(Duration::from_secs(1)))
             .and_then(|mut con| redis::cmd("PING").query::<String>(&mut con))
             .is_ok()
@@ -102,6 +158,71 @@ impl Drop for Redis {
             let _ = child.wait();
         }
     }
+}
+
+/// Writes a CA (`ca.crt`) and a certificate for 127.0.0.1 signed by it
+/// (`server.crt`, `server.key`) into `dir`, with the `openssl` command.
+fn make_certificates(dir: &std::path::Path) {
+    let openssl = |args: &[&str]| {
+        let out = Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .expect("openssl runs");
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let (days, rsa) = (["-days", "2"], ["-newkey", "rsa:2048", "-nodes"]);
+    openssl(
+        &[
+            &["req", "-x509"],
+            &rsa[..],
+            &["-keyout", "ca.key", "-out", "ca.crt"],
+            &days[..],
+            &["-subj", "/CN=abide test CA"],
+        ]
+        .concat(),
+    );
+    openssl(
+        &[
+            &["req"],
+            &rsa[..],
+            &[
+                "-keyout",
+                "server.key",
+                "-out",
+                "server.csr",
+                "-subj",
+                "/CN=127.0.0.1",
+            ],
+        ]
+        .concat(),
+    );
+    std::fs::write(dir.join("san.ext"), "subjectAltName=IP:127.0.0.1\n").unwrap();
+    openssl(
+        &[
+            &[
+                "x509",
+                "-req",
+                "-in",
+                "server.csr",
+                "-CA",
+                "ca.crt",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+                "-out",
+                "server.crt",
+                "-extfile",
+                "san.ext",
+            ],
+            &days[..],
+        ]
+        .concat(),
+    );
 }
 
 fn redis_binary() -> PathBuf {
@@ -599,17 +720,47 @@ fn a_node_started_before_redis_recovers_by_itself() {
     assert_eq!(resp.ids(), [id]);
 }
 
+/// Two nodes reach a Redis that serves TLS only, through `rediss://` and
+/// `--redis-ca`, and share events as over plain TCP; a node that does not
+/// trust Redis's CA is refused by TLS and stays degraded.
+#[test]
+#[cfg_attr(
+    not(abide_redis),
+    ignore = "needs redis-server and openssl (apt-get install redis-server openssl; .ci/run installs them)"
+)]
+fn nodes_reach_redis_over_tls() {
+    let redis = Redis::start_tls();
+    let trusting = |config: &mut abide::Config| config.redis_ca = Some(redis.ca_path());
+    let (a, b) = (node_with(&redis, trusting), node_with(&redis, trusting));
+    let poll = b.spawn_get("/channels/secure/events?timeout=20");
+    b.wait_for_stat("waiters", |n| n == 1);
+    let id = a.publish("secure", "1");
+    assert_eq!(common::join_within(poll, "the poll over TLS").ids(), [id]);
+    // The system's CAs do not include the test's own.
+    let doubting = node(&redis);
+    assert_eq!(doubting.get("/healthz").status, 503);
+    doubting
+        .post("/channels/secure/events", "2")
+        .assert_error(503, "redis");
+}
+
 /// `--redis` refuses what cannot work, with the flag named.
 #[test]
 fn redis_flags_are_checked() {
-    for (url, data_dir, word) in [
-        ("http://127.0.0.1:6379", None, "redis://"),
-        ("rediss://127.0.0.1:6379", None, "TLS"),
-        ("redis://127.0.0.1:6379", Some("/tmp/x"), "--data-dir"),
+    for (url, data_dir, ca, word) in [
+        ("http://127.0.0.1:6379", None, None, "redis://"),
+        ("redis://127.0.0.1:6379", Some("/tmp/x"), None, "--data-dir"),
+        (
+            "redis://127.0.0.1:6379",
+            None,
+            Some("/tmp/ca.pem"),
+            "--redis-ca",
+        ),
     ] {
         let config = abide::Config {
             redis: Some(url.into()),
             data_dir: data_dir.map(PathBuf::from),
+            redis_ca: ca.map(PathBuf::from),
             ..common::config()
         };
         let err = config.check().expect_err(url).to_string();

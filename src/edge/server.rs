@@ -204,7 +204,8 @@ pub fn start(config: Config) -> io::Result<Running> {
         }
         (None, Some(url)) => {
             let (hub, threads) =
-                store::redis::open(url, limits, config.max_writers).map_err(io::Error::other)?;
+                store::redis::open(url, config.redis_ca.as_deref(), limits, config.max_writers)
+                    .map_err(io::Error::other)?;
             (hub, Some(StoreThreads::Redis(Box::new(threads))))
         }
         (None, None) => (Hub::new(limits), None),

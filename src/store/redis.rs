@@ -41,6 +41,7 @@
 //! keepalive watches the links), so an idle node costs no wake-ups.
 
 use std::collections::HashMap;
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::thread::{self, JoinHandle};
@@ -225,10 +226,29 @@ struct Target {
 }
 
 impl Target {
-    fn parse(url: &str) -> Result<Target, String> {
-        let info = url
-            .into_connection_info()
-            .map_err(|e| format!("--redis {}: {e}", redact_url(url)))?;
+    /// `url` is `redis://…` or `rediss://…` (TLS, trusting the system's CAs,
+    /// or only the PEM certificates in `ca` if given).
+    fn parse(url: &str, ca: Option<&Path>) -> Result<Target, String> {
+        let bad = |e: &dyn std::fmt::Display| format!("--redis {}: {e}", redact_url(url));
+        let info = if url.starts_with("rediss://") {
+            // One crypto provider (ring) is built in; install it for rustls.
+            let _ = rustls::crypto::ring::default_provider().install_default();
+            let root_cert = ca
+                .map(|path| {
+                    std::fs::read(path).map_err(|e| format!("--redis-ca {}: {e}", path.display()))
+                })
+                .transpose()?;
+            let certificates = redis::TlsCertificates {
+                client_tls: None,
+                root_cert,
+            };
+            Client::build_with_tls(url, certificates)
+                .map_err(|e| bad(&e))?
+                .get_connection_info()
+                .clone()
+        } else {
+            url.into_connection_info().map_err(|e| bad(&e))?
+        };
         let keepalive = socket2::TcpKeepalive::new()
             .with_time(KEEPALIVE_IDLE)
             .with_interval(KEEPALIVE_INTERVAL)
@@ -335,17 +355,19 @@ pub struct RedisThreads {
     stop_subscriber: Sender<()>,
 }
 
-/// Starts a node on the Redis at `url`: its hub (a mirror of the shared
+/// Starts a node on the Redis at `url` (with TLS, trusting `ca` if given):
+/// its hub (a mirror of the shared
 /// store, under `limits`), the writer and the subscription thread. Waits up
 /// to a few seconds for the first catch-up; if Redis cannot be reached, the
 /// node starts anyway, degraded (`/healthz`), and catches up once it can.
 /// `queue_records` bounds the publishes and deletions waiting for Redis.
 pub fn open(
     url: &str,
+    ca: Option<&Path>,
     limits: HubLimits,
     queue_records: usize,
 ) -> Result<(Hub, RedisThreads), String> {
-    let target = Target::parse(url)?;
+    let target = Target::parse(url, ca)?;
     let bounds = Bounds {
         buffer_events: limits.buffer_events,
         event_ttl_micros: limits.event_ttl.map_or(0, |t| t.as_micros() as u64),
