@@ -1384,6 +1384,60 @@ mod tests {
         }
     }
 
+    /// A mirror takes events with the shared store's ids (raising its own
+    /// sequence), learns of losses the store had before it held the events,
+    /// and counts a cursor up to `MAX_CLOCK_SKEW` ahead of its clock as one
+    /// the server issued (another node's, by Redis's clock).
+    #[test]
+    fn a_mirror_applies_foreign_ids_losses_and_skewed_cursors() {
+        let hub = Hub::mirror(limits());
+        assert_eq!(hub.link_up(), Some(false), "down until caught up");
+        let ahead = wall_micros(SystemTime::now()) + 60_000_000;
+        let event = |id| Event::new(id, "m", SystemTime::now(), Instant::now(), "1");
+        let committed = [
+            Committed::Lost {
+                channel: Arc::from("m"),
+                through: ahead - 5,
+            },
+            Committed::Event {
+                channel: Arc::from("m"),
+                event: event(ahead),
+            },
+            Committed::Lost {
+                channel: Arc::from("gone"),
+                through: 7,
+            },
+        ];
+        drop(hub.apply(&committed));
+        assert_eq!(hub.last_id(), ahead);
+        let Answer::Events { events, missed } = now(&hub, &spec(&["m"], 0, 0)) else {
+            panic!("events expected");
+        };
+        assert_eq!((events.len(), missed), (1, true), "the store lost some");
+        assert_eq!(now_missed(&hub, &spec(&["m"], ahead - 5, 0)), false);
+        assert_eq!(
+            now_missed(&hub, &spec(&["gone"], 3, 0)),
+            true,
+            "a tombstone"
+        );
+        // A cursor a minute ahead of this clock waits (it is not "future").
+        let PollStart::Wait(_) = hub.begin_poll(&spec(&["m"], ahead + 1, 10)).unwrap() else {
+            panic!("a cursor from another node's clock must wait");
+        };
+        hub.set_link_down(LINK_SUBSCRIPTION, false);
+        assert_eq!(hub.link_up(), Some(true));
+        hub.set_link_down(LINK_WRITER, true);
+        assert_eq!(hub.link_up(), Some(false));
+        assert_eq!(Hub::new(limits()).link_up(), None, "no link in memory");
+    }
+
+    fn now_missed(hub: &Hub, spec: &PollSpec) -> bool {
+        match now(hub, spec) {
+            Answer::Events { missed, .. } | Answer::Empty { missed } => missed,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
     /// An answer stops at MAX_ANSWER_BYTES of events (at least one event), and the next poll gets the rest in order.
     #[test]
     fn answers_are_bounded_in_bytes_and_the_rest_follows() {
