@@ -1414,7 +1414,7 @@ mod tests {
             panic!("events expected");
         };
         assert_eq!((events.len(), missed), (1, true), "the store lost some");
-        assert_eq!(now_missed(&hub, &spec(&["m"], ahead - 5, 0)), false);
+        assert!(!now_missed(&hub, &spec(&["m"], ahead - 5, 0)));
         assert_eq!(
             now_missed(&hub, &spec(&["gone"], 3, 0)),
             true,
