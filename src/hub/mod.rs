@@ -1415,11 +1415,7 @@ mod tests {
         };
         assert_eq!((events.len(), missed), (1, true), "the store lost some");
         assert!(!now_missed(&hub, &spec(&["m"], ahead - 5, 0)));
-        assert_eq!(
-            now_missed(&hub, &spec(&["gone"], 3, 0)),
-            true,
-            "a tombstone"
-        );
+        assert!(now_missed(&hub, &spec(&["gone"], 3, 0)), "a tombstone");
         // A cursor a minute ahead of this clock waits (it is not "future").
         let PollStart::Wait(_) = hub.begin_poll(&spec(&["m"], ahead + 1, 10)).unwrap() else {
             panic!("a cursor from another node's clock must wait");
