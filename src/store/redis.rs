@@ -1010,8 +1010,11 @@ fn session(
                     if let Committed::Delete { .. } = committed {
                         hub.raise_last_id(id);
                     }
-                    drop(hub.apply(&[committed]));
+                    let wake = hub.apply(&[committed]);
+                    // The publisher (if on this node) first, then the
+                    // waiters: its round trip does not grow with them.
                     applied.advance(id);
+                    drop(wake);
                 }
             }
             None => eprintln!(

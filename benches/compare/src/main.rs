@@ -4,10 +4,13 @@
 //! polls, a Raspberry-Pi-sized profile; the fan-out also with Server-Sent
 //! Events streams for abide and Nchan, and their memory per open stream),
 //! a sixth for abide alone (durability: publishing into memory, SQLite
-//! `--sync normal` and `--sync full`), and a seventh for abide alone (the
+//! `--sync normal` and `--sync full`), a seventh for abide alone (the
 //! cost of access control: no flags, `--auth-file`, `--auth-file` and
-//! shares). Writes BENCHMARKS.md and the SVG plots under docs/bench/ (full
-//! mode) or target/bench-quick/ (quick mode).
+//! shares), and, when `redis-server` is installed, an eighth for abide
+//! alone (more than one machine: publishes and a fan-out over two nodes
+//! sharing a Redis the harness starts, beside one node in memory). Writes
+//! BENCHMARKS.md and the SVG plots under docs/bench/ (full mode) or
+//! target/bench-quick/ (quick mode).
 //!
 //! A crate of its own in the workspace (`abide-compare`), so that tokio,
 //! hyper and plotters are built only for it, never by `make test` or
@@ -40,7 +43,7 @@ use std::time::{Duration, Instant};
 
 use report::{Meta, Results};
 use scenarios::{Ctx, Transport};
-use servers::{ABIDE_DEFAULT_MAX_WAITERS, Access, Kind, Launch, Store};
+use servers::{ABIDE_DEFAULT_MAX_WAITERS, Access, Kind, Launch, RedisServer, Store};
 
 struct Plan {
     mode: &'static str,
@@ -65,6 +68,12 @@ struct Plan {
     acc_rounds: usize,
     acc_secs: Duration,
     acc_publishers: usize,
+    /// Scenario 8: the length and the most publishes of each publish run
+    /// (one publisher), and the waiters of the fan-outs (scenario 2's
+    /// rounds).
+    redis_secs: Duration,
+    redis_max_events: u64,
+    redis_fanout_ns: Vec<usize>,
     out_dir: PathBuf,
     plot_dir: PathBuf,
 }
@@ -93,6 +102,9 @@ fn plan() -> Plan {
             acc_rounds: 3,
             acc_secs: Duration::from_secs(1),
             acc_publishers: 16,
+            redis_secs: Duration::from_secs(1),
+            redis_max_events: 100_000,
+            redis_fanout_ns: vec![100],
             plot_dir: out.join("docs/bench"),
             out_dir: out,
         }
@@ -115,6 +127,9 @@ fn plan() -> Plan {
             acc_rounds: 3,
             acc_secs: Duration::from_secs(3),
             acc_publishers: 16,
+            redis_secs: Duration::from_secs(3),
+            redis_max_events: 500_000,
+            redis_fanout_ns: vec![100, 500],
             out_dir: root.to_path_buf(),
             plot_dir: root.join("docs/bench"),
         }
@@ -170,6 +185,7 @@ fn main() {
         max_waiters,
         pi,
         store: None,
+        redis: None,
         access: Access::Open,
     };
     let mut r = Results {
@@ -184,6 +200,8 @@ fn main() {
         pi_fanout: Vec::new(),
         durability: Vec::new(),
         access: Vec::new(),
+        redis_publish: Vec::new(),
+        redis_fanout: Vec::new(),
     };
 
     let of = |s: u8| -> Vec<Kind> { kinds.iter().copied().filter(|k| k.in_scenario(s)).collect() };
@@ -428,6 +446,33 @@ fn main() {
             );
         }
     }
+    // Scenario 8 is abide's alone: one node in memory beside nodes sharing a
+    // Redis of the harness's own (started here, stopped at the end of the
+    // block), point by point; skipped, with the reason, without redis-server.
+    let redis_install = servers::find_redis();
+    let mut redis_status = redis_install
+        .as_ref()
+        .map(|install| install.version.clone())
+        .map_err(Clone::clone);
+    if wanted("8") && kinds.contains(&Kind::Abide) {
+        if let Ok(install) = &redis_install {
+            match RedisServer::start(install) {
+                Ok(redis) => {
+                    eprintln!(
+                        "Redis: {} ({}) on {}",
+                        install.version,
+                        install.exe.display(),
+                        redis.addr
+                    );
+                    redis_scenario(&ctx, &plan, &redis, &mut r);
+                }
+                Err(e) => redis_status = Err(format!("redis-server did not start: {e}")),
+            }
+        }
+        if let Err(why) = &redis_status {
+            eprintln!("8 Redis skipped: {why}");
+        }
+    }
 
     std::fs::create_dir_all(&plan.plot_dir).expect("create the plot directory");
     let plots = draw_plots(&r, &plan);
@@ -455,6 +500,9 @@ fn main() {
         acc_rounds: plan.acc_rounds,
         acc_secs: plan.acc_secs.as_secs_f64(),
         acc_publishers: plan.acc_publishers,
+        redis: redis_status,
+        redis_secs: plan.redis_secs.as_secs_f64(),
+        redis_max_events: plan.redis_max_events,
         data_fs: procfs::mount_of(&std::env::temp_dir()),
         plots,
     };
@@ -471,6 +519,67 @@ fn main() {
         plan.plot_dir.display(),
         started.elapsed().as_secs_f64()
     );
+}
+
+/// Scenario 8 on `redis`: the publish round trip of one node in memory and
+/// of one node on Redis, then per N the fan-out on one node in memory and
+/// on two nodes sharing Redis.
+fn redis_scenario(ctx: &Ctx, plan: &Plan, redis: &RedisServer, r: &mut Results) {
+    let failed = |e: &Option<String>| {
+        e.as_ref()
+            .map(|e| format!("  FAILED: {e}"))
+            .unwrap_or_default()
+    };
+    let on = |store: Store, max_waiters: usize| Launch {
+        kind: Kind::Abide,
+        max_waiters,
+        pi: false,
+        store: Some(store),
+        redis: (store == Store::Redis).then(|| redis.url()),
+        access: Access::Open,
+    };
+    let with = |store: Store| (store == Store::Redis).then_some(redis);
+    for store in [Store::Memory, Store::Redis] {
+        let row = scenarios::redis_publish(
+            ctx,
+            &on(store, ABIDE_DEFAULT_MAX_WAITERS),
+            with(store),
+            plan.redis_secs,
+            plan.redis_max_events,
+        );
+        eprintln!(
+            "8 redis    P=1     {:<24} {:.0} publishes/s, p50 {:.2} ms, p99 {:.2} ms{}",
+            store.short(),
+            row.publishes_per_sec(),
+            row.p50_us / 1000.0,
+            row.p99_us / 1000.0,
+            failed(&row.error)
+        );
+        r.redis_publish.push(row);
+    }
+    for &n in &plan.redis_fanout_ns {
+        // Every node could hold all N.
+        let max_waiters = n.max(ABIDE_DEFAULT_MAX_WAITERS);
+        for (store, nodes) in [(Store::Memory, 1), (Store::Redis, 1), (Store::Redis, 2)] {
+            let row = scenarios::redis_fanout(
+                ctx,
+                &on(store, max_waiters),
+                with(store),
+                nodes,
+                n,
+                plan.rounds,
+            );
+            let f = &row.fanout;
+            eprintln!(
+                "8 redis    N={n:<5} {:<24} last {:.2} ms, publish {:.2} ms{}",
+                format!("{}, {nodes} node(s)", store.short()),
+                f.last_us / 1000.0,
+                f.publish_rtt_us / 1000.0,
+                failed(&f.error)
+            );
+            r.redis_fanout.push(row);
+        }
+    }
 }
 
 fn draw_plots(r: &Results, plan: &Plan) -> Vec<(String, String)> {

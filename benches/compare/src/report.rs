@@ -3,12 +3,14 @@
 //! scenario 6, abide's stores side by side and their ratio to memory), the
 //! memory breakdown of abide's held waiters, scenario 2's streams beside its
 //! long polls, scenario 7's access configurations side by side and their
-//! ratio to none, and the notes.
+//! ratio to none, scenario 8's nodes on Redis beside one node in memory and
+//! their ratio to it, and the notes.
 
 use std::fmt::Write as _;
 
 use crate::scenarios::{
-    AccessRow, DurabilityRow, FanoutRow, HoldRow, ImmediateRow, ThroughputRow, Transport,
+    AccessRow, DurabilityRow, FanoutRow, HoldRow, ImmediateRow, RedisFanoutRow, ThroughputRow,
+    Transport,
 };
 use crate::servers::{Access, Kind, Store};
 
@@ -27,6 +29,10 @@ pub struct Results {
     pub durability: Vec<DurabilityRow>,
     /// Scenario 7: abide in each access configuration.
     pub access: Vec<AccessRow>,
+    /// Scenario 8: one publisher on one node, in memory and on Redis.
+    pub redis_publish: Vec<DurabilityRow>,
+    /// Scenario 8: per N, one node in memory and two nodes on Redis.
+    pub redis_fanout: Vec<RedisFanoutRow>,
 }
 
 pub struct Meta {
@@ -46,6 +52,10 @@ pub struct Meta {
     pub acc_rounds: usize,
     pub acc_secs: f64,
     pub acc_publishers: usize,
+    /// Scenario 8: the `redis-server` version, or why it was skipped.
+    pub redis: Result<String, String>,
+    pub redis_secs: f64,
+    pub redis_max_events: u64,
     /// The file system of the temporary directory scenario 6's databases are
     /// in: (mount point, type, source).
     pub data_fs: Option<(String, String, String)>,
@@ -425,6 +435,9 @@ pub fn render(r: &Results, m: &Meta, notes: &str) -> String {
     // ---- scenario 7
     access_section(&mut o, &r.access, m);
 
+    // ---- scenario 8
+    redis_section(&mut o, r, m);
+
     // ---- commands
     let _ = writeln!(o, "## How to run it\n");
     let _ = writeln!(
@@ -432,7 +445,8 @@ pub fn render(r: &Results, m: &Meta, notes: &str) -> String {
         "```sh\nmake bench          # full run: writes BENCHMARKS.md and docs/bench/*.svg (about 7 minutes)\n\
          make bench-quick    # quick run for development: writes target/bench-quick/ (under 2 minutes)\n\
          # both are: cargo build --release --bin abide && BENCH_MODE=full|quick cargo run --release -p abide-compare\n\
-         apt-get install nginx-light libnginx-mod-nchan   # to include Nchan\n```\n"
+         apt-get install nginx-light libnginx-mod-nchan   # to include Nchan\n\
+         apt-get install redis-server                     # to include scenario 8 (Redis)\n```\n"
     );
     let _ = writeln!(
         o,
@@ -623,6 +637,34 @@ fn checks(r: &Results) -> Vec<String> {
                 "pass".to_string()
             } else {
                 format!("FAIL ({})", bad.join(", "))
+            }
+        ));
+    }
+    if !r.redis_publish.is_empty() || !r.redis_fanout.is_empty() {
+        let failed: Vec<String> = r
+            .redis_publish
+            .iter()
+            .filter(|d| !d.ok())
+            .map(|d| format!("{} publishes", d.store.short()))
+            .chain(
+                r.redis_fanout
+                    .iter()
+                    .filter(|f| f.fanout.error.is_some())
+                    .map(|f| format!("{} fan-out N = {}", f.store.short(), f.fanout.n)),
+            )
+            .collect();
+        out.push(format!(
+            "Scenario 8: {} publishes acknowledged by a node on Redis, and in every fan-out round every waiter \
+             on both nodes had the event: **{}**.",
+            r.redis_publish
+                .iter()
+                .filter(|d| d.store == Store::Redis)
+                .map(|d| d.acked)
+                .sum::<u64>(),
+            if failed.is_empty() {
+                "pass".to_string()
+            } else {
+                format!("FAIL ({})", failed.join(", "))
             }
         ));
     }
@@ -1003,6 +1045,243 @@ fn access_section(o: &mut String, rows: &[AccessRow], m: &Meta) {
             pubs(cp)
         );
     }
+}
+
+/// Scenario 8: the heading keeps README's link (`#more-than-one-machine-redis`).
+fn redis_section(o: &mut String, r: &Results, m: &Meta) {
+    let _ = writeln!(o, "## More than one machine: Redis\n");
+    if r.redis_publish.is_empty() && r.redis_fanout.is_empty() {
+        match &m.redis {
+            Err(why) => {
+                let _ = writeln!(
+                    o,
+                    "Scenario 8 was skipped: {why}. It runs when `redis-server` is installed (on PATH \
+                     or in /usr/bin, or named by `REDIS_SERVER`) and starts.\n"
+                );
+            }
+            Ok(_) => {
+                let _ = writeln!(o, "Not run.\n");
+            }
+        }
+        return;
+    }
+    let _ = writeln!(
+        o,
+        "Scenario 8, abide alone: what sharing events through Redis (`--redis`) costs, against one node in \
+         memory. The harness starts its own `redis-server` ({}) on a free loopback port in a fresh temporary \
+         directory (`DIR`, removed afterwards), append-only with a flush once a second and no snapshots, and \
+         empties it (`FLUSHALL`) before every measurement; each abide node is started fresh (`--buffer` is \
+         abide's default, given explicitly):\n",
+        m.redis.as_deref().unwrap_or("?")
+    );
+    let max_waiters = crate::servers::ABIDE_DEFAULT_MAX_WAITERS;
+    let _ = writeln!(
+        o,
+        "```sh\n{}\n{}   # one node in memory\n{}   # each node on Redis\n```\n",
+        crate::servers::describe_redis(),
+        crate::servers::describe_store(Store::Memory, max_waiters),
+        crate::servers::describe_store(Store::Redis, max_waiters)
+    );
+    let _ = writeln!(
+        o,
+        "In memory a publish is answered `201` once the event is in the node's buffer; on Redis, only once one \
+         Lua script has stored it in Redis and the event has come back to the node through its own \
+         subscription. Everything runs on this machine, on loopback: between machines, each publish also pays \
+         the network's round trip to Redis and back, and the fan-out the way from Redis to the other node.\n"
+    );
+    // ---- publish round trip
+    let _ = writeln!(
+        o,
+        "**Publish round trip.** One publisher on one node: `POST`s of a small reading (`{{\"t\":21.5,\"n\":N}}`) \
+         on one keep-alive connection, each sent as soon as the previous answer has been read, for {:.1} s or \
+         {} publishes, whichever comes first (scenario 6's load with one publisher: its channel first filled \
+         with its {} events, not measured). Round trip = from writing the request until the whole answer has \
+         been read.\n",
+        m.redis_secs,
+        m.redis_max_events,
+        crate::servers::BUFFER
+    );
+    header(
+        o,
+        &["store"],
+        &[],
+        &[
+            "publishes/s",
+            "÷ memory",
+            "round trip p50",
+            "p99",
+            "p50 ÷ memory",
+            "p99 ÷ memory",
+            "publishes",
+        ],
+    );
+    let memory_publish = r
+        .redis_publish
+        .iter()
+        .find(|d| d.store == Store::Memory && d.ok());
+    for d in &r.redis_publish {
+        if d.error.is_some() && d.acked == 0 {
+            let _ = writeln!(
+                o,
+                "| {} | {} | | | | | | |",
+                d.store.label(),
+                fail(&d.error)
+            );
+            continue;
+        }
+        let vs = |value: f64, memory: Option<f64>| {
+            if d.store == Store::Memory {
+                "1×".to_string()
+            } else {
+                ratio(Some(value), memory)
+            }
+        };
+        let _ = writeln!(
+            o,
+            "| {} | {:.0} | {} | {} | {} | {} | {} | {}{} |",
+            d.store.label(),
+            d.publishes_per_sec(),
+            vs(
+                d.publishes_per_sec(),
+                memory_publish.map(DurabilityRow::publishes_per_sec)
+            ),
+            ms(d.p50_us),
+            ms(d.p99_us),
+            vs(d.p50_us, memory_publish.map(|m| m.p50_us)),
+            vs(d.p99_us, memory_publish.map(|m| m.p99_us)),
+            d.acked,
+            if d.error.is_some() {
+                format!(" ({})", fail(&d.error))
+            } else {
+                String::new()
+            }
+        );
+    }
+    let _ = writeln!(o);
+    // ---- fan-out
+    let _ = writeln!(
+        o,
+        "**Fan-out over two nodes.** N waiters long-poll one channel, spread evenly over two nodes on the same \
+         Redis (waiter i on node i mod 2), each node with `--max-waiters` at least N; the publisher publishes \
+         on the first node. Measured as scenario 2: N keep-alive connections each hold a poll; once both nodes \
+         count their waiters, one `POST` carries its send time (wall clock, ns) in the event; each waiter notes \
+         when its whole answer has arrived. Per round: the first, median, 99th percentile and last waiter's \
+         delay, and the publisher's round trip. {} rounds; the table gives the medians over the rounds (the \
+         publisher's worst round in brackets). Beside it, the same N waiters on one node in memory, and on \
+         one node on Redis. The waiters on the second node get the event through Redis: that node's \
+         subscription applies it to its memory, which wakes them. On the first node too the event is applied \
+         when it comes back through the subscription; the publish is answered then, before that node's \
+         waiters are woken. On this 2-core machine both nodes wake their waiters at the same moment, so the \
+         publisher's answer competes for the cores with the other node's wake-ups (compare the one-node row); \
+         nodes on separate machines do not share cores.\n",
+        m.rounds
+    );
+    header(
+        o,
+        &["N", "nodes"],
+        &[],
+        &[
+            "first",
+            "median",
+            "p99",
+            "last",
+            "last ÷ memory",
+            "publisher round trip (worst)",
+            "round trip ÷ memory",
+        ],
+    );
+    let memory_fanout = |n: usize| {
+        r.redis_fanout
+            .iter()
+            .find(|f| f.store == Store::Memory && f.fanout.n == n && f.fanout.error.is_none())
+            .map(|f| &f.fanout)
+    };
+    let nodes = |f: &RedisFanoutRow| match (f.store, f.nodes) {
+        (Store::Memory, 1) => "one node in memory".to_string(),
+        (store, 1) => format!("one node, {}", store.label()),
+        (store, k) => format!("{k} nodes, {}", store.label()),
+    };
+    for row in &r.redis_fanout {
+        let (n, f) = (row.fanout.n, &row.fanout);
+        if f.error.is_some() {
+            let _ = writeln!(
+                o,
+                "| {n} | {} | {} | | | | | | |",
+                nodes(row),
+                fail(&f.error)
+            );
+            continue;
+        }
+        let vs = |value: f64, memory: Option<f64>| {
+            if row.store == Store::Memory {
+                "1×".to_string()
+            } else {
+                ratio(Some(value), memory)
+            }
+        };
+        let mem = memory_fanout(n);
+        let _ = writeln!(
+            o,
+            "| {n} | {} | {} | {} | {} | {} | {} | {} ({}) | {} |",
+            nodes(row),
+            ms(f.first_us),
+            ms(f.median_us),
+            ms(f.p99_us),
+            ms(f.last_us),
+            vs(f.last_us, mem.map(|m| m.last_us)),
+            ms(f.publish_rtt_us),
+            ms(f.publish_rtt_max_us),
+            vs(f.publish_rtt_us, mem.map(|m| m.publish_rtt_us)),
+        );
+    }
+    let _ = writeln!(o);
+    // ---- the ratios in a sentence
+    let mut said = Vec::new();
+    if let (Some(mem), Some(red)) = (
+        memory_publish,
+        r.redis_publish
+            .iter()
+            .find(|d| d.store == Store::Redis && d.ok()),
+    ) {
+        said.push(format!(
+            "On Redis a publish is answered in {} (median) against {} in memory, **{}**, and one publisher gets \
+             **{}** of memory's publishes per second.",
+            ms(red.p50_us),
+            ms(mem.p50_us),
+            ratio(Some(red.p50_us), Some(mem.p50_us)),
+            ratio(
+                Some(red.publishes_per_sec()),
+                Some(mem.publishes_per_sec())
+            )
+        ));
+    }
+    if let Some((red, mem)) = r
+        .redis_fanout
+        .iter()
+        .filter(|f| f.store == Store::Redis && f.nodes == 2 && f.fanout.error.is_none())
+        .filter_map(|f| Some((&f.fanout, memory_fanout(f.fanout.n)?)))
+        .max_by_key(|(f, _)| f.n)
+    {
+        said.push(format!(
+            "The last of {} waiters over two nodes has the event after {} against {} on one node in memory \
+             (**{}**); the publisher's round trip is {} against {} (**{}**).",
+            red.n,
+            ms(red.last_us),
+            ms(mem.last_us),
+            ratio(Some(red.last_us), Some(mem.last_us)),
+            ms(red.publish_rtt_us),
+            ms(mem.publish_rtt_us),
+            ratio(Some(red.publish_rtt_us), Some(mem.publish_rtt_us))
+        ));
+    }
+    if !said.is_empty() {
+        let _ = writeln!(o, "{}\n", said.join(" "));
+    }
+    let _ = writeln!(
+        o,
+        "This scenario alone: `cargo build --release --bin abide && BENCH_SCENARIOS=8 BENCH_MODE=quick cargo run \
+         --release -p abide-compare` (quick mode writes target/bench-quick/BENCHMARKS.md).\n"
+    );
 }
 
 fn header(o: &mut String, first: &[&str], kinds: &[Kind], cols: &[&str]) {

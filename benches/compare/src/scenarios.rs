@@ -1,7 +1,9 @@
-//! The seven scenarios. Each runs against one freshly started server and
+//! The eight scenarios. Each runs against one freshly started server and
 //! returns its figures; `main` runs every server in turn for each point
 //! (scenario 6: abide with each of its stores in turn; scenario 7: abide
-//! with each access configuration in turn, scenarios 4 and 6's loads).
+//! with each access configuration in turn, scenarios 4 and 6's loads;
+//! scenario 8: abide in memory, then abide nodes sharing a Redis, with
+//! scenario 6's load for one publisher and scenario 2's fan-out).
 //! Orchestration runs on the main thread (it may block); the connections are
 //! tokio tasks on the harness's runtime.
 
@@ -14,7 +16,7 @@ use tokio::sync::{Semaphore, mpsc, watch};
 
 use crate::client::{Conn, EventStream, numbers_after};
 use crate::procfs::{self, Kernel, ProcSample};
-use crate::servers::{Access, BUFFER, Cursor, Launch, NchanInstall, Server, Store};
+use crate::servers::{Access, BUFFER, Cursor, Launch, NchanInstall, RedisServer, Server, Store};
 
 /// Longest a poll is held in any scenario (seconds, the `timeout` parameter).
 const HOLD_SECS: u64 = 110;
@@ -229,27 +231,38 @@ pub fn fanout(ctx: &Ctx, launch: &Launch, n: usize, rounds: usize) -> FanoutRow 
         rounds,
         ..FanoutRow::default()
     };
-    row.error = on_fresh_server(ctx, launch, |server| fanout_on(ctx, server, &mut row));
+    row.error = on_fresh_server(ctx, launch, |server| fanout_on(ctx, &[server], &mut row));
     row
 }
 
-fn fanout_on(ctx: &Ctx, server: &Server, row: &mut FanoutRow) -> Result<(), String> {
+/// Waiters of `n` that `fanout_on` puts on node `k` of `nodes`.
+fn share(n: usize, nodes: usize, k: usize) -> usize {
+    n / nodes + usize::from(k < n % nodes)
+}
+
+/// The fan-out on `nodes` (one server, or scenario 8's nodes sharing a
+/// Redis): waiter i on node i mod the count, the publisher on the first.
+fn fanout_on(ctx: &Ctx, nodes: &[&Server], row: &mut FanoutRow) -> Result<(), String> {
     let (n, rounds) = (row.n, row.rounds);
-    warm_up(ctx, server)?;
-    let last = server
+    let publisher = nodes[0];
+    for node in nodes {
+        warm_up(ctx, node)?;
+    }
+    let last = publisher
         .publish_blocking("fan", r#"{"prime":1}"#)
         .map_err(|e| e.to_string())?;
     let (round_tx, round_rx) = watch::channel(0usize);
     let (result_tx, mut result_rx) = mpsc::unbounded_channel::<(usize, Result<i64, String>)>();
-    let addr = server.addr;
     let gate = Arc::new(Semaphore::new(64));
     let mut tasks = Vec::new();
-    for _ in 0..n {
-        let mut cursor = server.start_cursor(last);
+    for i in 0..n {
+        let node = nodes[i % nodes.len()];
+        let addr = node.addr;
+        let mut cursor = node.start_cursor(last);
         let mut round_rx = round_rx.clone();
         let result_tx = result_tx.clone();
         let gate = gate.clone();
-        let nchan = server.kind.is_nchan();
+        let nchan = node.kind.is_nchan();
         tasks.push(ctx.rt.spawn(async move {
             let mut conn = {
                 let _permit = gate.acquire().await.expect("open");
@@ -287,9 +300,11 @@ fn fanout_on(ctx: &Ctx, server: &Server, row: &mut FanoutRow) -> Result<(), Stri
         }));
     }
     drop(result_tx);
-    publish_rounds(ctx, server, row, &mut result_rx, |r| {
+    publish_rounds(ctx, publisher, row, &mut result_rx, |r| {
         let _ = round_tx.send(r);
-        server.wait_for_waiters(n as u64, Duration::from_secs(30))
+        nodes.iter().enumerate().try_for_each(|(k, node)| {
+            node.wait_for_waiters(share(n, nodes.len(), k) as u64, Duration::from_secs(30))
+        })
     })?;
     for t in tasks {
         let _ = ctx.rt.block_on(t);
@@ -1185,6 +1200,86 @@ pub fn access_best(
             .map(|a| &a.publish)
             .max_by(|x, y| x.publishes_per_sec().total_cmp(&y.publishes_per_sec())),
     )
+}
+
+// ---------------------------------------------------------------- 8. more than one machine: Redis
+
+/// Scenario 8's publish round trip: one publisher, back to back on one
+/// keep-alive connection (scenario 6's load), on one fresh node for
+/// `launch`: in memory, or on `redis` (emptied first).
+pub fn redis_publish(
+    ctx: &Ctx,
+    launch: &Launch,
+    redis: Option<&RedisServer>,
+    duration: Duration,
+    max_events: u64,
+) -> DurabilityRow {
+    match empty_redis(redis) {
+        Ok(()) => durability(ctx, launch, 1, duration, max_events),
+        Err(e) => DurabilityRow {
+            store: launch.store.unwrap_or_default(),
+            publishers: 1,
+            prefill: BUFFER,
+            error: Some(e),
+            ..DurabilityRow::default()
+        },
+    }
+}
+
+/// Scenario 8's fan-out: which store, on how many nodes.
+#[derive(Clone, Debug, Default)]
+pub struct RedisFanoutRow {
+    pub store: Store,
+    pub nodes: usize,
+    pub fanout: FanoutRow,
+}
+
+/// Scenario 2's fan-out with the N waiters spread evenly over `nodes` fresh
+/// nodes for `launch` (on `redis`, emptied first, when it has one), the
+/// publisher on the first node.
+pub fn redis_fanout(
+    ctx: &Ctx,
+    launch: &Launch,
+    redis: Option<&RedisServer>,
+    nodes: usize,
+    n: usize,
+    rounds: usize,
+) -> RedisFanoutRow {
+    let mut row = RedisFanoutRow {
+        store: launch.store.unwrap_or_default(),
+        nodes,
+        fanout: FanoutRow {
+            n,
+            rounds,
+            ..FanoutRow::default()
+        },
+    };
+    let measured = empty_redis(redis).and_then(|()| {
+        let servers = (0..nodes)
+            .map(|k| {
+                Server::start(launch, ctx.nchan)
+                    .map_err(|e| format!("node {} did not start: {e}", k + 1))
+            })
+            .collect::<Result<Vec<Server>, String>>()?;
+        let nodes: Vec<&Server> = servers.iter().collect();
+        fanout_on(ctx, &nodes, &mut row.fanout)?;
+        match nodes.iter().position(|node| !node.alive()) {
+            Some(k) => Err(format!("node {} died", k + 1)),
+            None if redis.is_some_and(|r| !r.alive()) => Err("redis-server died".into()),
+            None => Ok(()),
+        }
+    });
+    row.fanout.error = measured.err();
+    row
+}
+
+/// Empties `redis`, when the measurement has one, so that every
+/// measurement starts on a Redis that holds nothing.
+fn empty_redis(redis: Option<&RedisServer>) -> Result<(), String> {
+    match redis {
+        Some(redis) => redis.flush().map_err(|e| format!("emptying Redis: {e}")),
+        None => Ok(()),
+    }
 }
 
 // ---------------------------------------------------------------- pinning

@@ -1,7 +1,8 @@
 //! Starting, watching and stopping the servers under test, each in its own
 //! process group of one (abide, the async variant) or two (nginx's master and
-//! its one worker) processes. Every process started here is killed by PID when
-//! its `Server` is dropped, also when a scenario fails.
+//! its one worker) processes, and scenario 8's `redis-server` under them.
+//! Every process started here is killed by PID when its `Server` (or
+//! `RedisServer`) is dropped, also when a scenario fails.
 
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -213,7 +214,7 @@ http {{
     )
 }
 
-/// Scenario 6: where abide keeps its events.
+/// Scenarios 6 and 8: where abide keeps its events.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Store {
     /// No `--data-dir`: in memory only.
@@ -223,9 +224,12 @@ pub enum Store {
     SqliteNormal,
     /// `--data-dir DIR --sync full`.
     SqliteFull,
+    /// Scenario 8 only: `--redis URL`, the URL in `Launch::redis`.
+    Redis,
 }
 
 impl Store {
+    /// Scenario 6's stores (scenario 8 compares `Memory` with `Redis`).
     pub const ALL: [Store; 3] = [Store::Memory, Store::SqliteNormal, Store::SqliteFull];
 
     pub fn label(self) -> &'static str {
@@ -233,6 +237,7 @@ impl Store {
             Store::Memory => "memory",
             Store::SqliteNormal => "SQLite, `--sync normal`",
             Store::SqliteFull => "SQLite, `--sync full`",
+            Store::Redis => "Redis, `--redis`",
         }
     }
 
@@ -241,13 +246,14 @@ impl Store {
             Store::Memory => "memory",
             Store::SqliteNormal => "sqlite normal",
             Store::SqliteFull => "sqlite full",
+            Store::Redis => "redis",
         }
     }
 
     /// The `--sync` value, for the stores that write a database.
     pub fn sync(self) -> Option<&'static str> {
         match self {
-            Store::Memory => None,
+            Store::Memory | Store::Redis => None,
             Store::SqliteNormal => Some("normal"),
             Store::SqliteFull => Some("full"),
         }
@@ -258,6 +264,7 @@ impl Store {
         match self {
             Store::Memory => "memory",
             Store::SqliteNormal | Store::SqliteFull => "sqlite",
+            Store::Redis => "redis",
         }
     }
 }
@@ -376,6 +383,8 @@ pub struct Launch {
     /// `--data-dir` (a fresh temporary directory, removed after the run) and
     /// `--sync`. `None`: the harness's usual abide.
     pub store: Option<Store>,
+    /// abide only, scenario 8: `--redis URL`, with `store` `Some(Store::Redis)`.
+    pub redis: Option<String>,
     /// abide only, scenario 7: `--auth-file` (a fresh temporary file,
     /// removed after the run) and shares, and the token on the requests
     /// that `Server` builds (the setup's, scenario 4's and scenario 6's).
@@ -477,6 +486,9 @@ pub fn describe_store(store: Store, max_waiters: usize) -> String {
     if let Some(sync) = store.sync() {
         line.push_str(&format!(" --data-dir DIR --sync {sync}"));
     }
+    if store == Store::Redis {
+        line.push_str(" --redis redis://127.0.0.1:RPORT/0");
+    }
     line
 }
 
@@ -488,6 +500,11 @@ impl Server {
         if (launch.store.is_some() || launch.access != Access::Open) && launch.kind != Kind::Abide {
             return Err(io::Error::other(
                 "a store or access control is abide's only",
+            ));
+        }
+        if launch.redis.is_some() != (launch.store == Some(Store::Redis)) {
+            return Err(io::Error::other(
+                "a Redis store goes with its URL, and a URL with a Redis store",
             ));
         }
         let (program, args): (PathBuf, Vec<String>) = match launch.kind {
@@ -516,6 +533,9 @@ impl Server {
                             sync.into(),
                         ]);
                     }
+                }
+                if let Some(url) = &launch.redis {
+                    args.extend(["--redis".into(), url.clone()]);
                 }
                 if launch.access.tokens() {
                     // Beside the data directory when there is one.
@@ -635,7 +655,29 @@ impl Server {
             _workdir: workdir,
         };
         server.wait_ready()?;
+        if launch.redis.is_some() {
+            server.wait_linked()?;
+        }
         Ok(server)
+    }
+
+    /// Waits until a node started with `--redis` counts its links to Redis
+    /// up (`/stats` `store_connected`).
+    fn wait_linked(&self) -> io::Result<()> {
+        let deadline = Instant::now() + REDIS_LINK_LIMIT;
+        loop {
+            let stats = self.stats()?;
+            if stats["store_connected"].as_bool() == Some(true) {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                return Err(io::Error::other(format!(
+                    "its link to Redis was not up within {REDIS_LINK_LIMIT:?}: {}",
+                    stats["store_connected"]
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     fn wait_ready(&mut self) -> io::Result<()> {
@@ -803,22 +845,7 @@ impl Server {
             return;
         };
         let pids = self.pids_of(child.id());
-        // SAFETY: kill on PIDs of processes this harness started and has not reaped.
-        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-        let deadline = Instant::now() + Duration::from_secs(3);
-        loop {
-            match child.try_wait() {
-                Ok(Some(_)) => break,
-                Ok(None) if Instant::now() < deadline => {
-                    std::thread::sleep(Duration::from_millis(10))
-                }
-                _ => {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    break;
-                }
-            }
-        }
+        terminate(&mut child);
         for pid in pids.into_iter().skip(1) {
             if procfs::alive(pid) {
                 // SAFETY: an nginx worker this harness's nginx started.
@@ -985,6 +1012,198 @@ impl Cursor {
                     *last_modified = resp.last_modified.clone();
                 }
             }
+        }
+    }
+}
+
+/// Stops a child this harness started: SIGTERM, then SIGKILL after 3 s; reaps it.
+fn terminate(child: &mut Child) {
+    // SAFETY: kill on the PID of a process this harness started and has not reaped.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let deadline = Instant::now() + Duration::from_secs(3);
+    loop {
+        match child.try_wait() {
+            Ok(Some(_)) => break,
+            Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(10)),
+            _ => {
+                let _ = child.kill();
+                let _ = child.wait();
+                break;
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------- scenario 8: Redis
+
+/// Scenario 8's `redis-server` flags besides `--port` and `--dir`: loopback
+/// only, no snapshots, append-only with an fsync a second (the persistence
+/// of contrib/cluster/redis.conf).
+const REDIS_FLAGS: [&str; 8] = [
+    "--bind",
+    "127.0.0.1",
+    "--save",
+    "",
+    "--appendonly",
+    "yes",
+    "--appendfsync",
+    "everysec",
+];
+
+/// How long a `redis-server` may take to answer `PING` after it was started.
+const REDIS_START_LIMIT: Duration = Duration::from_secs(10);
+
+/// How long a node started with `--redis` may take to count its links up.
+const REDIS_LINK_LIMIT: Duration = Duration::from_secs(10);
+
+/// How long one command to the harness's Redis may take.
+const REDIS_COMMAND_LIMIT: Duration = Duration::from_secs(5);
+
+/// Where `redis-server` is, when installed.
+#[derive(Clone, Debug)]
+pub struct RedisInstall {
+    pub exe: PathBuf,
+    /// As `redis-server --version` gives it, e.g. `Redis 7.0.15`.
+    pub version: String,
+}
+
+/// Finds `redis-server` on PATH or at /usr/bin/redis-server, as build.rs
+/// does for the tests (`REDIS_SERVER` overrides it).
+pub fn find_redis() -> Result<RedisInstall, String> {
+    let exe = match std::env::var_os("REDIS_SERVER") {
+        Some(exe) => Some(PathBuf::from(exe)).filter(|p| p.is_file()),
+        None => std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())
+            .chain([PathBuf::from("/usr/bin")])
+            .map(|d| d.join("redis-server"))
+            .find(|p| p.is_file()),
+    }
+    .ok_or("redis-server is not installed (`apt-get install redis-server`)")?;
+    let out = Command::new(&exe)
+        .arg("--version")
+        .output()
+        .map_err(|e| format!("{}: {e}", exe.display()))?;
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let version = text
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("v="))
+        .map_or_else(
+            || "Redis (version unknown)".into(),
+            |v| format!("Redis {v}"),
+        );
+    Ok(RedisInstall { exe, version })
+}
+
+/// Scenario 8's `redis-server` command line, for the report.
+pub fn describe_redis() -> String {
+    let flags: Vec<String> = REDIS_FLAGS
+        .iter()
+        .map(|f| {
+            if f.is_empty() {
+                "''".into()
+            } else {
+                f.to_string()
+            }
+        })
+        .collect();
+    format!("redis-server --port RPORT --dir DIR {}", flags.join(" "))
+}
+
+/// A `redis-server` the harness started on a free loopback port, in a fresh
+/// temporary directory of its own; stopped by PID and the directory
+/// removed when dropped.
+pub struct RedisServer {
+    pub addr: SocketAddr,
+    child: Option<Child>,
+    _dir: TempDir,
+}
+
+impl RedisServer {
+    pub fn start(install: &RedisInstall) -> io::Result<RedisServer> {
+        let port = free_port();
+        let dir =
+            std::env::temp_dir().join(format!("abide-bench-redis-{}-{port}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir)?;
+        let dir = TempDir(dir);
+        let mut child = Command::new(&install.exe)
+            .args(["--port", &port.to_string(), "--dir"])
+            .arg(&dir.0)
+            .args(REDIS_FLAGS)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()?;
+        // Its log goes to stdout: drained on a thread so that it never
+        // blocks on a full pipe.
+        let stdout = child.stdout.take().expect("piped");
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if std::env::var_os("BENCH_VERBOSE").is_some() {
+                    eprintln!("  [redis] {line}");
+                }
+            }
+        });
+        let mut redis = RedisServer {
+            addr: SocketAddr::from(([127, 0, 0, 1], port)),
+            child: Some(child),
+            _dir: dir,
+        };
+        let deadline = Instant::now() + REDIS_START_LIMIT;
+        loop {
+            if let Some(Ok(Some(status))) = redis.child.as_mut().map(Child::try_wait) {
+                // Reaped: its PID is no longer ours to signal.
+                redis.child = None;
+                return Err(io::Error::other(format!(
+                    "redis-server exited at start: {status}"
+                )));
+            }
+            if redis.command("PING").is_ok_and(|r| r == "+PONG") {
+                return Ok(redis);
+            }
+            if Instant::now() > deadline {
+                return Err(io::Error::other(format!(
+                    "redis-server did not answer PING within {REDIS_START_LIMIT:?}"
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// The `--redis` address of its database 0.
+    pub fn url(&self) -> String {
+        format!("redis://{}/0", self.addr)
+    }
+
+    /// Sends one inline command on a fresh connection; returns the first
+    /// line of the reply (`+OK`, `+PONG`, `-ERR …`).
+    fn command(&self, line: &str) -> io::Result<String> {
+        let mut stream = TcpStream::connect_timeout(&self.addr, REDIS_COMMAND_LIMIT)?;
+        stream.set_read_timeout(Some(REDIS_COMMAND_LIMIT))?;
+        stream.set_write_timeout(Some(REDIS_COMMAND_LIMIT))?;
+        stream.write_all(format!("{line}\r\n").as_bytes())?;
+        let mut reply = String::new();
+        BufReader::new(stream).read_line(&mut reply)?;
+        Ok(reply.trim_end().to_string())
+    }
+
+    /// Empties every database, so that the next measurement starts on a
+    /// Redis that holds nothing (no node is connected then).
+    pub fn flush(&self) -> io::Result<()> {
+        match self.command("FLUSHALL")?.as_str() {
+            "+OK" => Ok(()),
+            other => Err(io::Error::other(format!("FLUSHALL: {other}"))),
+        }
+    }
+
+    pub fn alive(&self) -> bool {
+        self.child.as_ref().is_some_and(|c| procfs::alive(c.id()))
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            terminate(&mut child);
         }
     }
 }
