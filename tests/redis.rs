@@ -15,7 +15,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -527,6 +527,7 @@ fn redis_killed_and_restarted_loses_no_acknowledged_event() {
     b.wait_for_stat("waiters", |n| n == 1);
 
     let stop = AtomicBool::new(false);
+    let refusals = AtomicUsize::new(0);
     let outcomes = thread::scope(|scope| {
         let publisher = scope.spawn(|| {
             let mut outcomes: Vec<(String, common::Resp)> = Vec::new();
@@ -536,7 +537,11 @@ fn redis_killed_and_restarted_loses_no_acknowledged_event() {
                 }
                 let data = format!("{i}");
                 let node = if i % 2 == 0 { &a } else { &b };
-                outcomes.push((data.clone(), node.post("/channels/k/events", &data)));
+                let resp = node.post("/channels/k/events", &data);
+                if resp.status == 503 {
+                    refusals.fetch_add(1, Ordering::Relaxed);
+                }
+                outcomes.push((data, resp));
                 thread::sleep(Duration::from_millis(2)); // sync-ok: paces the publisher, waits for no state
             }
             outcomes
@@ -557,6 +562,10 @@ fn redis_killed_and_restarted_loses_no_acknowledged_event() {
         assert!(refused.header("retry-after").is_some(), "{refused:?}");
         let metrics = a.get("/metrics").body;
         assert!(metrics.contains("abide_redis_connected 0"), "{metrics}");
+        // The publisher meets the outage on both nodes before Redis is back.
+        common::wait_until("the publisher refused on both nodes", || {
+            refusals.load(Ordering::Relaxed) >= 2
+        });
         redis.restart();
         wait_for_health(&a, 200);
         wait_for_health(&b, 200);
@@ -574,6 +583,10 @@ fn redis_killed_and_restarted_loses_no_acknowledged_event() {
         .iter()
         .map(|e| (e["data"].to_string(), e["id"].as_u64().unwrap()))
         .collect();
+    assert!(
+        !stored.contains_key("\"during\""),
+        "a refused event was stored"
+    );
     let (mut acknowledged, mut refused) = (0, 0);
     for (data, resp) in &outcomes {
         match resp.status {
