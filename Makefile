@@ -19,10 +19,12 @@ lint:
 
 ## Benchmarks: abide beside an async variant (tokio + hyper) and Nchan (when
 ## installed: apt-get install nginx-light libnginx-mod-nchan), five scenarios,
-## and two for abide alone: publishing in memory and with --data-dir (6), and
-## what --auth-file and the per-client shares cost (7).
-## `bench` (about 8 minutes) writes BENCHMARKS.md and docs/bench/*.svg;
-## `bench-quick` (under 2 minutes) writes target/bench-quick/. Never run by `test`.
+## and three for abide alone: publishing in memory and with --data-dir (6),
+## what --auth-file and the per-client shares cost (7), and nodes sharing a
+## Redis (8; when redis-server is installed).
+## `bench` (about 10 minutes) writes BENCHMARKS.md and docs/bench/*.svg;
+## `bench-quick` (about 2 minutes) writes target/bench-quick/. Both print the
+## headline ratios at the end. Never run by `test`.
 bench:
 	$(CARGO) build --release --bin abide
 	BENCH_MODE=full $(CARGO) run --release -p abide-compare

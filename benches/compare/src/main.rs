@@ -511,6 +511,7 @@ fn main() {
     let notes = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("notes.md"))
         .unwrap_or_default();
     let text = report::render(&r, &meta, &notes);
+    eprint!("{}", report::terminal_headlines(&r, &meta));
     let path = plan.out_dir.join("BENCHMARKS.md");
     std::fs::write(&path, text).expect("write BENCHMARKS.md");
     eprintln!(
