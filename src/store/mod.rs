@@ -317,6 +317,26 @@ pub(crate) fn submit<R, T>(
     }
 }
 
+/// Adds to `batch` the records queued in `records`, up to
+/// `MAX_BATCH_RECORDS` records or `MAX_BATCH_BYTES` of event data
+/// (`data_bytes` of each), without waiting.
+pub(crate) fn fill_batch<R>(
+    records: &Receiver<R>,
+    batch: &mut Vec<R>,
+    data_bytes: impl Fn(&R) -> usize,
+) {
+    let mut bytes: usize = batch.iter().map(&data_bytes).sum();
+    while batch.len() < MAX_BATCH_RECORDS && bytes < MAX_BATCH_BYTES {
+        match records.try_recv() {
+            Ok(record) => {
+                bytes += data_bytes(&record);
+                batch.push(record);
+            }
+            Err(_) => break,
+        }
+    }
+}
+
 /// The store thread dropped a record without an answer (a bug; it logged it).
 pub(crate) fn dropped() -> Error {
     Error::Internal("the store failed on this request; see the server log".into())
@@ -351,16 +371,7 @@ fn run(mut db: Database, hub: Hub, records: Receiver<Record>, nudges: Receiver<(
             },
             recv(due) -> _ => {}
         }
-        let mut bytes: usize = batch.iter().map(Record::data_bytes).sum();
-        while batch.len() < MAX_BATCH_RECORDS && bytes < MAX_BATCH_BYTES {
-            match records.try_recv() {
-                Ok(record) => {
-                    bytes += record.data_bytes();
-                    batch.push(record);
-                }
-                Err(_) => break,
-            }
-        }
+        fill_batch(&records, &mut batch, Record::data_bytes);
         let stop = batch.iter().any(|r| matches!(r, Record::Stop));
         let all_drops = stop || drops_due.is_some_and(|due| Instant::now() >= due);
         // A bug in a commit must not end the journal: the batch's receipts

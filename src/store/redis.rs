@@ -57,7 +57,7 @@ use crate::api::request::valid_channel_name;
 use crate::error::Error;
 use crate::hub::event::Event;
 use crate::hub::{Committed, Hub, HubLimits, LINK_SUBSCRIPTION, LINK_WRITER};
-use crate::store::{MAX_BATCH_BYTES, MAX_BATCH_RECORDS, Receipt, stopped, submit};
+use crate::store::{Receipt, fill_batch, stopped, submit};
 
 /// The pub/sub channel every publish and deletion is announced on.
 pub const EVENTS_CHANNEL: &str = "abide:events";
@@ -599,16 +599,7 @@ fn write(target: Target, hub: Hub, bounds: Bounds, records: Receiver<Record>) {
             Err(RecvTimeoutError::Disconnected) => break,
             Err(RecvTimeoutError::Timeout) => Vec::new(),
         };
-        let mut bytes = batch.iter().map(Record::data_bytes).sum::<usize>();
-        while !batch.is_empty() && batch.len() < MAX_BATCH_RECORDS && bytes < MAX_BATCH_BYTES {
-            match records.try_recv() {
-                Ok(record) => {
-                    bytes += record.data_bytes();
-                    batch.push(record);
-                }
-                Err(_) => break,
-            }
-        }
+        fill_batch(&records, &mut batch, Record::data_bytes);
         let stop = batch.iter().any(|r| matches!(r, Record::Stop));
         let batch: Vec<Record> = batch.into_iter().filter(Record::take).collect();
         // The subscription noticing a lost link first is the usual sign
