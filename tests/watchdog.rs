@@ -74,9 +74,18 @@ impl Drop for Systemd {
 
 /// `abide serve` under our stand-in systemd, with at most `max_descriptors`.
 fn serve(systemd: &Systemd, max_descriptors: libc::rlim_t) -> (Child, std::net::SocketAddr) {
+    serve_with(systemd, max_descriptors, &[])
+}
+
+fn serve_with(
+    systemd: &Systemd,
+    max_descriptors: libc::rlim_t,
+    flags: &[&str],
+) -> (Child, std::net::SocketAddr) {
     let mut command = Command::new(env!("CARGO_BIN_EXE_abide"));
     command
         .args(["serve", "--listen", "127.0.0.1:0", "--quiet"])
+        .args(flags)
         .env("NOTIFY_SOCKET", &systemd.path)
         .env("WATCHDOG_USEC", WATCHDOG_USEC)
         .env_remove("WATCHDOG_PID")
@@ -98,8 +107,13 @@ fn serve(systemd: &Systemd, max_descriptors: libc::rlim_t) -> (Child, std::net::
     }
     let mut child = command.spawn().expect("abide starts");
     let mut stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+    // The startup line (a node whose Redis is out of reach says so first).
     let mut line = String::new();
-    std::io::BufRead::read_line(&mut stderr, &mut line).unwrap();
+    while !line.contains("listening on") {
+        line.clear();
+        let read = std::io::BufRead::read_line(&mut stderr, &mut line).unwrap();
+        assert!(read > 0, "abide exited before its startup line");
+    }
     let addr = line
         .split("listening on http://")
         .nth(1)
@@ -128,6 +142,31 @@ fn ready_watchdog_and_stopping_are_reported() {
         )),
         Some(200)
     );
+    // SAFETY: kill(2) on the child this test started.
+    unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+    systemd.expect("STOPPING=1");
+    assert!(child.wait().unwrap().success());
+}
+
+/// Regression: a node whose Redis is out of reach answers `/healthz` `503
+/// degraded` and still reports WATCHDOG (it serves; a restart would not
+/// bring Redis back and would drop its waiters).
+#[test]
+fn watchdog_keeps_reporting_while_redis_is_unreachable() {
+    let systemd = Systemd::new("degraded");
+    // Nothing listens on port 1.
+    let (mut child, addr) = serve_with(&systemd, 4096, &["--redis", "redis://127.0.0.1:1/0"]);
+    systemd.expect("READY=1");
+    let health = common::parse_raw(&common::raw(
+        addr,
+        b"GET /healthz HTTP/1.1\r\nConnection: close\r\n\r\n",
+        HANG_GUARD,
+    ));
+    assert_eq!(health.status, 503, "{health:?}");
+    assert_eq!(health.json()["status"], "degraded");
+    for _ in 0..3 {
+        systemd.expect("WATCHDOG=1");
+    }
     // SAFETY: kill(2) on the child this test started.
     unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
     systemd.expect("STOPPING=1");

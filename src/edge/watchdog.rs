@@ -4,7 +4,8 @@
 //! `READY=1` once abide accepts and `STOPPING=1` when it stops. When the unit
 //! also sets `WatchdogSec=`, the watchdog thread sends `GET /healthz` to
 //! abide's own listener over a new connection every third of that period
-//! and reports `WATCHDOG=1` only when the answer came back: a server that can
+//! and reports `WATCHDOG=1` only when the answer came back (`200`, or the
+//! `503 degraded` of a node that lost Redis, which still serves): a server that can
 //! no longer accept or answer (a wedged listener, a poisoned tiny_http
 //! pool, no descriptors left) stops reporting, and systemd kills and
 //! restarts it even though the process lives. Without those variables
@@ -90,13 +91,38 @@ fn serves(target: SocketAddr, limit: Duration) -> bool {
             Err(_) => return false,
         }
     }
-    answer.starts_with(b"HTTP/1.1 200 ")
+    alive(&answer)
 }
+
+/// Whether `answer` shows a working server: `200`, or the `503 degraded`
+/// of a node that lost Redis (it still serves; restarting it would not
+/// bring Redis back, and would drop its waiters).
+fn alive(answer: &[u8]) -> bool {
+    answer.starts_with(b"HTTP/1.1 200 ")
+        || (answer.starts_with(b"HTTP/1.1 503 ")
+            && answer.windows(DEGRADED.len()).any(|w| w == DEGRADED))
+}
+
+/// What `/healthz` says while Redis is out of reach.
+const DEGRADED: &[u8] = br#""status":"degraded""#;
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::net::TcpListener;
+
+    /// A node that lost Redis (`503 degraded`) is alive; any other refusal is not.
+    #[test]
+    fn a_degraded_node_is_alive_but_other_refusals_are_not() {
+        assert!(alive(b"HTTP/1.1 200 OK\r\n\r\n{\"status\":\"ok\"}"));
+        assert!(alive(
+            b"HTTP/1.1 503 Service Unavailable\r\n\r\n{\"status\":\"degraded\",\"store\":\"redis\"}"
+        ));
+        assert!(!alive(
+            b"HTTP/1.1 503 Service Unavailable\r\n\r\n{\"error\":\"all wait slots are taken\"}"
+        ));
+        assert!(!alive(b"HTTP/1.1 500 Internal Server Error\r\n\r\n"));
+    }
 
     /// A listener that never answers fails the check within its limit; nothing listening fails it at once.
     #[test]

@@ -322,8 +322,8 @@ enum Record {
         data_json: String,
         /// Found in the stored entry (`k`): how an unknown outcome is settled.
         token: String,
-        /// The event's id and its timestamp in ms.
-        receipt: Receipt<(u64, u64)>,
+        /// The event as stored.
+        receipt: Receipt<Arc<Event>>,
     },
     Delete {
         channel: Arc<str>,
@@ -472,22 +472,17 @@ impl Link {
             self.next_token.fetch_add(1, Ordering::Relaxed)
         );
         let channel: Arc<str> = Arc::from(channel);
-        let event = {
-            let channel = channel.clone();
-            let data_json = data_json.clone();
-            submit(&self.records, "the Redis writer", move |receipt| {
-                Record::Publish {
-                    channel,
-                    data_json,
-                    token,
-                    receipt,
-                }
-            })?
-        };
-        let (id, ms) = event;
-        self.applied.wait_for(id, Instant::now() + VISIBLE_WAIT);
-        let at = UNIX_EPOCH + Duration::from_millis(ms);
-        Ok(Event::new(id, &channel, at, Instant::now(), &data_json))
+        let event = submit(&self.records, "the Redis writer", |receipt| {
+            Record::Publish {
+                channel,
+                data_json,
+                token,
+                receipt,
+            }
+        })?;
+        self.applied
+            .wait_for(event.id, Instant::now() + VISIBLE_WAIT);
+        Ok(event)
     }
 
     /// Deletes a channel on every node; returns once Redis has it (and,
@@ -767,9 +762,14 @@ fn send(scripts: &mut Scripts, hub: &Hub, bounds: Bounds, batch: &[&Record]) -> 
     let mut script_missing = None;
     for (record, reply) in batch.iter().zip(replies) {
         let reply = reply.and_then(|value| match record {
-            Record::Publish { receipt, .. } => {
+            Record::Publish {
+                channel,
+                data_json,
+                receipt,
+                ..
+            } => {
                 let (id, ms): (u64, u64) = redis::from_redis_value(value)?;
-                receipt.answer(Ok((id, ms)));
+                receipt.answer(Ok(as_stored(id, ms, channel, data_json)));
                 Ok(())
             }
             Record::Delete { receipt, .. } => {
@@ -836,15 +836,17 @@ fn settle<'a>(
         match record {
             Record::Publish {
                 channel,
+                data_json,
                 token,
                 receipt,
-                ..
             } => {
                 let found = con
                     .as_mut()
                     .map(|con| find_token(con, channel, token, bounds.buffer_events));
                 match found {
-                    Some(Ok(Some(stored))) => receipt.answer(Ok(stored)),
+                    Some(Ok(Some((id, ms)))) => {
+                        receipt.answer(Ok(as_stored(id, ms, channel, data_json)))
+                    }
                     Some(Ok(None)) if mode == Settle::Report => not_stored.push(record),
                     Some(Ok(None)) => receipt.answer(Err(Error::Busy {
                         message: "lost redis before the event was stored; nothing was stored; retry later".into(),
@@ -865,6 +867,12 @@ fn settle<'a>(
         }
     }
     not_stored
+}
+
+/// The event a publish stored as id `id` at `ms` (its answer).
+fn as_stored(id: u64, ms: u64, channel: &str, data_json: &str) -> Arc<Event> {
+    let at = UNIX_EPOCH + Duration::from_millis(ms);
+    Event::new(id, channel, at, Instant::now(), data_json)
 }
 
 /// The id and timestamp of the entry of `channel` stored with `token`, if
