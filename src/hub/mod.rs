@@ -156,9 +156,6 @@ struct Shared {
     state: Mutex<State>,
     limits: HubLimits,
     backing: Backing,
-    /// With Redis: how far ahead of the local clock another node's cursor
-    /// may be (`MAX_CLOCK_SKEW`); 0 otherwise.
-    clock_skew_micros: u64,
     started: Instant,
     counters: Counters,
 }
@@ -395,10 +392,6 @@ impl Hub {
                 }),
                 limits,
                 backing,
-                clock_skew_micros: match backing {
-                    Backing::Redis => MAX_CLOCK_SKEW.as_micros() as u64,
-                    Backing::Memory | Backing::Sqlite => 0,
-                },
                 started: Instant::now(),
                 counters: Counters::default(),
             }),
@@ -611,7 +604,13 @@ impl Hub {
         self.expire(&mut st, now);
 
         // A cursor this server cannot have issued is answered with what is held.
-        let now_micros = wall_micros(SystemTime::now()) + self.shared.clock_skew_micros;
+        // With Redis, ids follow Redis's clock: another node's cursor may be
+        // ahead of this one's by up to `MAX_CLOCK_SKEW`.
+        let skew = match self.shared.backing {
+            Backing::Redis => MAX_CLOCK_SKEW.as_micros() as u64,
+            Backing::Memory | Backing::Sqlite => 0,
+        };
+        let now_micros = wall_micros(SystemTime::now()) + skew;
         let future = spec.cursor > st.ids.horizon(now_micros);
         let cursor = if future { 0 } else { spec.cursor };
         let names: Vec<&str> = spec.channels.iter().map(String::as_str).collect();

@@ -936,7 +936,7 @@ fn subscribe(
     let mut lost_at: Option<Instant> = None;
     let mut connected_before = false;
     loop {
-        let outcome = session(&target, &hub, &applied, &node, &mut |_| {
+        let outcome = session(&target, &hub, &applied, &node, &mut || {
             hub.set_link_down(LINK_SUBSCRIPTION, false);
             backoff.reset();
             let _ = caught_up.try_send(());
@@ -979,7 +979,7 @@ fn session(
     hub: &Hub,
     applied: &Applied,
     node: &str,
-    on_caught_up: &mut dyn FnMut(u64),
+    on_caught_up: &mut dyn FnMut(),
 ) -> RedisResult<()> {
     let mut con = target.connect()?;
     // Announcements wait for as long as it takes; keepalive watches the link.
@@ -994,7 +994,7 @@ fn session(
         catch_up(&mut reader, hub, applied.get())?
     };
     applied.advance(through);
-    on_caught_up(through);
+    on_caught_up();
     loop {
         let message = pubsub.get_message()?;
         if message.get_channel_name() == control {
