@@ -9,6 +9,7 @@
 pub mod connection;
 pub mod deadline;
 pub mod pool;
+pub mod send_room;
 pub mod server;
 pub mod watchdog;
 pub mod writer;

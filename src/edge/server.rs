@@ -41,6 +41,7 @@ use crate::api::request::{self, Action, RouteSettings};
 use crate::config::Config;
 use crate::demo;
 use crate::edge::connection::SocketFinder;
+use crate::edge::send_room::SendRoom;
 use crate::edge::writer::{
     Close, PeerState, WAITER_STACK_BYTES, WRITER_STACK_BYTES, Work, Writer, holds_unread_body,
 };
@@ -215,6 +216,7 @@ pub fn start(config: Config) -> io::Result<Running> {
         hub.clone(),
         store.as_ref().map(StoreThreads::store),
         SocketFinder::start(addr.port())?,
+        SendRoom::open(addr),
     )?;
     let quiet_period = config.max_timeout
         + config.max_timeout / 16
@@ -718,13 +720,16 @@ impl Edge {
     /// Routes one request and hands it to the writer. Never blocks on a client.
     fn dispatch(&self, request: Request) {
         let started = Instant::now();
-        let refuse = |request, error: Error, close| {
-            self.writer.submit(Work::Answer {
+        let refuse = |request, error: Error, close| match close {
+            Close::No => self
+                .writer
+                .answer_now(request, Reply::error(&error), started),
+            Close::Yes => self.writer.submit(Work::Answer {
                 request,
                 reply: Reply::error(&error),
                 started,
                 close,
-            })
+            }),
         };
         if let Some(peer) = request.remote_addr().copied() {
             match self.writer.peer_state(&peer) {
@@ -901,12 +906,7 @@ impl Edge {
                 reply
             }
         };
-        self.writer.submit(Work::Answer {
-            request,
-            reply,
-            started,
-            close: Close::No,
-        })
+        self.writer.answer_now(request, reply, started)
     }
 }
 

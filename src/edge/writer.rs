@@ -55,6 +55,7 @@ use crate::config::Config;
 use crate::edge::connection::{ConnectionSocket, SocketFinder};
 use crate::edge::deadline::AnswerDeadlines;
 use crate::edge::pool::Pool;
+use crate::edge::send_room::SendRoom;
 use crate::edge::server::all_headers;
 use crate::edge::watchdog::WATCHDOG_TARGET;
 use crate::error::Error;
@@ -293,15 +294,19 @@ pub struct Writer {
     store: Option<Store>,
     max_event_bytes: usize,
     idle_timeout: Duration,
-    cors_origin: Option<String>,
+    /// The headers every answer carries (`common_headers`).
+    common_headers: Vec<(&'static str, String)>,
     quiet: bool,
     max_pipelined_requests: usize,
     max_pipelined_bytes: usize,
     /// Finds a connection's socket to close it (`connection.rs`).
     finder: SocketFinder,
+    /// Tells whether a connection's socket can take an answer at once, so
+    /// the dispatch thread may write it itself (`answer_now`); `None`
+    /// where the kernel cannot be asked (`send_room.rs`).
+    send_room: Option<SendRoom>,
     /// Bounds the whole write of each answer by `--write-timeout`.
     deadlines: AnswerDeadlines,
-    write_timeout: Duration,
     /// A stream with nothing to send writes a comment this often.
     sse_heartbeat: Duration,
     waiters: Pool<(u64, Work)>,
@@ -325,10 +330,11 @@ impl Writer {
         hub: Hub,
         store: Option<Store>,
         finder: SocketFinder,
+        send_room: Option<SendRoom>,
     ) -> io::Result<Arc<Writer>> {
         let this: Arc<OnceLock<Weak<Writer>>> = Arc::default();
         let for_deadlines = this.clone();
-        let deadlines = AnswerDeadlines::start(move |peer| {
+        let deadlines = AnswerDeadlines::start(config.write_timeout, move |peer| {
             if let Some(writer) = for_deadlines.get().and_then(Weak::upgrade) {
                 writer.too_slow(peer);
             }
@@ -342,13 +348,13 @@ impl Writer {
                 store,
                 max_event_bytes: config.max_event_bytes,
                 idle_timeout: config.idle_timeout,
-                cors_origin: config.cors_origin.clone(),
+                common_headers: common_headers(config.cors_origin.as_deref()),
                 quiet: config.quiet,
                 max_pipelined_requests: config.max_pipelined_requests,
                 max_pipelined_bytes: config.max_pipelined_bytes,
                 finder,
+                send_room,
                 deadlines,
-                write_timeout: config.write_timeout,
                 sse_heartbeat: config.sse_heartbeat,
                 // A wait job exists only with a wait slot, so the slots
                 // bound it; its backlog is for the moment a slot is given
@@ -479,6 +485,50 @@ impl Writer {
             old.queue.into_iter().for_each(discard_work);
         }
         self.start(id, work);
+    }
+
+    /// Writes an answer that is ready now and keeps the connection: on the
+    /// calling (dispatch) thread when nothing else of its connection is
+    /// being answered and its socket can take the whole answer at once
+    /// (`SendRoom::fits`), which saves the hand-off to a writer thread;
+    /// else on a writer, as `Work::Answer`. Never blocks on a client: a
+    /// write that finds room cannot block, and nothing else writes to the
+    /// connection meanwhile (it has no lane, and only the dispatch thread
+    /// starts one).
+    pub fn answer_now(&self, request: Request, reply: Reply, started: Instant) {
+        let peer = request.remote_addr().copied();
+        let inline = match (peer, &self.send_room) {
+            (Some(peer), Some(room)) => {
+                !self.lane_busy(&peer) && room.fits(peer, self.wire_bytes(&reply))
+            }
+            _ => false,
+        };
+        let Some(peer) = peer.filter(|_| inline) else {
+            return self.submit(Work::Answer {
+                request,
+                reply,
+                started,
+                close: Close::No,
+            });
+        };
+        self.hub.count_inline_answer();
+        // As a writer would (`run`): a client that does not read is cut.
+        if self.respond(request, reply, started) == Written::NotRead {
+            self.cut_connection(peer, None);
+        }
+    }
+
+    /// An upper bound of `reply`'s size on the wire: its body, its headers
+    /// and abide's own, and what tiny_http adds (status line, `Date`,
+    /// `Content-Length`, `Content-Type`).
+    fn wire_bytes(&self, reply: &Reply) -> usize {
+        let headers: usize = self
+            .common_headers
+            .iter()
+            .chain(&reply.headers)
+            .map(|(name, value)| name.len() + value.len() + 4)
+            .sum();
+        reply.body.len() + headers + 256
     }
 
     /// Ends `peer`'s connection without an answer: it pipelined past its
@@ -916,8 +966,7 @@ impl Writer {
             *request.method() == Method::Head || matches!(reply.status, 100..=199 | 204 | 304);
         let status = reply.status;
         let events = reply.events;
-        let deadline = Instant::now() + self.write_timeout;
-        let watch = peer.map(|p| self.deadlines.watch(p, deadline));
+        let watch = peer.map(|p| self.deadlines.watch(p));
         let mut writer = request.into_writer();
         let written = Written::from(
             writer
@@ -1059,8 +1108,7 @@ impl Writer {
         writer: &mut Box<dyn Write + Send>,
         text: &str,
     ) -> Written {
-        let deadline = Instant::now() + self.write_timeout;
-        let _watch = peer.map(|p| self.deadlines.watch(p, deadline));
+        let _watch = peer.map(|p| self.deadlines.watch(p));
         Written::from(
             writer
                 .write_all(text.as_bytes())
@@ -1071,13 +1119,15 @@ impl Writer {
     /// Writes `reply` and logs it; returns whether the write succeeded. Blocks
     /// up to `--write-timeout` in all on a client that does not read.
     pub fn respond(&self, request: Request, reply: Reply, started: Instant) -> Written {
-        let method = request.method().to_string();
-        let target = request.url().to_string();
+        // Kept for the log line only (the request is consumed by the write).
+        let (method, target) = match self.quiet {
+            true => (String::new(), String::new()),
+            false => (request.method().to_string(), request.url().to_string()),
+        };
         let peer = request.remote_addr().copied();
         let status = reply.status;
         let events = reply.events;
-        let deadline = Instant::now() + self.write_timeout;
-        let _watch = peer.map(|p| self.deadlines.watch(p, deadline));
+        let _watch = peer.map(|p| self.deadlines.watch(p));
         // tiny_http reports success for a client that has gone away; the count
         // is of answers written without an error, not of answers read.
         let written = Written::from(request.respond(self.response(reply)));
@@ -1088,30 +1138,10 @@ impl Writer {
         written
     }
 
-    /// The headers every answer carries besides its own: `Server`, and the
-    /// CORS headers when `--cors-origin` is set.
-    fn common_headers(&self) -> Vec<(&'static str, String)> {
-        let mut headers = vec![(
-            "Server",
-            concat!("abide/", env!("CARGO_PKG_VERSION")).into(),
-        )];
-        if let Some(origin) = &self.cors_origin {
-            headers.push(("Access-Control-Allow-Origin", origin.clone()));
-            headers.push((
-                "Access-Control-Expose-Headers",
-                format!("{MISSED_HEADER}, Retry-After, WWW-Authenticate"),
-            ));
-            if origin != "*" {
-                headers.push(("Vary", "Origin".into()));
-            }
-        }
-        headers
-    }
-
     /// The tiny_http response for `reply`, with abide's own headers.
     fn response(&self, reply: Reply) -> Response<Cursor<Vec<u8>>> {
         let headers: Vec<Header> = self
-            .common_headers()
+            .common_headers
             .iter()
             .chain(&reply.headers)
             .map(|(name, value)| make_header(name, value))
@@ -1139,7 +1169,7 @@ impl Writer {
             status.default_reason_phrase(),
             httpdate::fmt_http_date(SystemTime::now()),
         );
-        for (name, value) in self.common_headers().iter().chain(&reply.headers) {
+        for (name, value) in self.common_headers.iter().chain(&reply.headers) {
             let _ = write!(head, "{name}: {value}\r\n");
         }
         if let Some(length) = length {
@@ -1183,6 +1213,26 @@ impl Writer {
         self.deadlines.stop();
         self.finder.stop();
     }
+}
+
+/// The headers every answer carries besides its own: `Server`, and the
+/// CORS headers when `--cors-origin` is set. Built once, at start.
+fn common_headers(cors_origin: Option<&str>) -> Vec<(&'static str, String)> {
+    let mut headers = vec![(
+        "Server",
+        concat!("abide/", env!("CARGO_PKG_VERSION")).into(),
+    )];
+    if let Some(origin) = cors_origin {
+        headers.push(("Access-Control-Allow-Origin", origin.to_string()));
+        headers.push((
+            "Access-Control-Expose-Headers",
+            format!("{MISSED_HEADER}, Retry-After, WWW-Authenticate"),
+        ));
+        if origin != "*" {
+            headers.push(("Vary", "Origin".into()));
+        }
+    }
+    headers
 }
 
 /// At most `max_chars` of `text` for a log line: control characters,

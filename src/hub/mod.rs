@@ -171,6 +171,7 @@ struct Counters {
     accept_errors: AtomicU64,
     connections_closed: AtomicU64,
     connections_cut: AtomicU64,
+    answers_inline: AtomicU64,
     requests_overloaded: AtomicU64,
     requests_malformed: AtomicU64,
     store_commits: AtomicU64,
@@ -895,6 +896,11 @@ impl Hub {
         self.shared.counters.connections_cut.fetch_add(1, Relaxed);
     }
 
+    /// Counts an answer the dispatch thread wrote itself (`Writer::answer_now`).
+    pub fn count_inline_answer(&self) {
+        self.shared.counters.answers_inline.fetch_add(1, Relaxed);
+    }
+
     /// Counts a request refused because no thread or queue room was left.
     pub fn count_overloaded_request(&self) {
         self.shared
@@ -941,6 +947,7 @@ impl Hub {
             accept_errors: c.accept_errors.load(Relaxed),
             connections_closed: c.connections_closed.load(Relaxed),
             connections_cut: c.connections_cut.load(Relaxed),
+            answers_inline: c.answers_inline.load(Relaxed),
             requests_overloaded: c.requests_overloaded.load(Relaxed),
             requests_malformed: c.requests_malformed.load(Relaxed),
             store: self.shared.backing.name(),

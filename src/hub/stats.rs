@@ -101,6 +101,9 @@ pub struct Stats {
     /// (`--max-pipelined-requests`, `--max-pipelined-bytes`), or a request
     /// found no thread and no room in the backlog.
     pub connections_cut: u64,
+    /// Answers written by the dispatch thread itself, without a hand-off to
+    /// a writer thread (the socket could take them at once).
+    pub answers_inline: u64,
     /// Requests refused (`503`, or their connection cut) because no thread
     /// could take them and the backlog (`--max-backlog`) was full.
     pub requests_overloaded: u64,
@@ -250,6 +253,12 @@ impl Stats {
             "counter",
             "Connections ended without an answer (pipelining bound, overload).",
             Some(self.connections_cut),
+        );
+        metric(
+            "answers_inline_total",
+            "counter",
+            "Answers the dispatch thread wrote itself, without a hand-off.",
+            Some(self.answers_inline),
         );
         metric(
             "requests_overloaded_total",
