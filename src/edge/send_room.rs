@@ -23,7 +23,6 @@
 //! Runs on the dispatch threads; Linux only.
 
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicU32, Ordering::Relaxed};
 
 use parking_lot::Mutex;
 use socket2::{Domain, Protocol, Socket, Type};
@@ -52,10 +51,10 @@ const TCP_ESTABLISHED: u8 = 1;
 
 /// Asks the kernel about the sockets of connections to one local address.
 pub struct SendRoom {
-    /// The netlink socket; one question at a time.
-    socket: Mutex<Socket>,
+    /// The netlink socket and the last question's sequence number; one
+    /// question at a time.
+    socket: Mutex<(Socket, u32)>,
     local: SocketAddr,
-    sequence: AtomicU32,
 }
 
 impl SendRoom {
@@ -73,32 +72,26 @@ impl SendRoom {
             Some(Protocol::from(libc::NETLINK_SOCK_DIAG)),
         )
         .ok()?;
-        let room = SendRoom {
-            socket: Mutex::new(socket),
+        Some(SendRoom {
+            socket: Mutex::new((socket, 0)),
             local,
-            sequence: AtomicU32::new(1),
-        };
-        Some(room)
+        })
     }
 
     /// Whether the connection from `peer` can take `len` more bytes now
     /// without the write blocking.
     pub fn fits(&self, peer: SocketAddr, len: usize) -> bool {
-        if len > INLINE_ANSWER_MAX_BYTES {
-            return false;
-        }
-        match self.memory(peer) {
-            Some(memory) => memory.fits(len),
-            None => false,
-        }
+        len <= INLINE_ANSWER_MAX_BYTES && self.memory(peer).is_some_and(|m| m.fits(len))
     }
 
     /// The socket's send queue and buffer, if it is an established
     /// connection from `peer` to the local address.
     fn memory(&self, peer: SocketAddr) -> Option<SendMemory> {
-        let sequence = self.sequence.fetch_add(1, Relaxed);
+        let mut guard = self.socket.lock();
+        let (socket, sequence) = &mut *guard;
+        *sequence = sequence.wrapping_add(1);
+        let sequence = *sequence;
         let request = diag_request(self.local, peer, sequence)?;
-        let socket = self.socket.lock();
         socket.send(&request).ok()?;
         let mut reply = [std::mem::MaybeUninit::<u8>::uninit(); 512];
         // Replies to earlier questions that went unread are skipped.

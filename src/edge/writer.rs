@@ -496,14 +496,12 @@ impl Writer {
     /// connection meanwhile (it has no lane, and only the dispatch thread
     /// starts one).
     pub fn answer_now(&self, request: Request, reply: Reply, started: Instant) {
-        let peer = request.remote_addr().copied();
-        let inline = match (peer, &self.send_room) {
-            (Some(peer), Some(room)) => {
-                !self.lane_busy(&peer) && room.fits(peer, self.wire_bytes(&reply))
-            }
-            _ => false,
-        };
-        let Some(peer) = peer.filter(|_| inline) else {
+        let inline = request.remote_addr().copied().filter(|peer| {
+            self.send_room.as_ref().is_some_and(|room| {
+                !self.lane_busy(peer) && room.fits(*peer, self.wire_bytes(&reply))
+            })
+        });
+        let Some(peer) = inline else {
             return self.submit(Work::Answer {
                 request,
                 reply,
