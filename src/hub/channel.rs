@@ -9,8 +9,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
-use parking_lot::Condvar;
-
+use crate::hub::Waiter;
 use crate::hub::event::Event;
 
 /// Identifies one waiting poll in `Channel::waiters`.
@@ -26,8 +25,8 @@ pub struct Channel {
     /// Highest id dropped from this channel by overflow, age or memory limit
     /// (0 if none). A cursor below it has missed something.
     dropped_through: u64,
-    /// Polls waiting on this channel, with the condvar that wakes each.
-    pub waiters: HashMap<WaiterId, Arc<Condvar>>,
+    /// Polls and streams waiting on this channel.
+    pub(super) waiters: HashMap<WaiterId, Arc<Waiter>>,
 }
 
 /// What a cursor gets from one channel.

@@ -4,8 +4,13 @@
 //! `parking_lot::Mutex<State>`). It decides what a poll gets: an answer now,
 //! or a `Ticket` to wait for channels X until T, and it does the waiting on a
 //! per-poll condvar. It never touches a socket or tiny_http, and it never holds
-//! the lock while notifying: publishers collect the condvars of the channels
-//! they touched, release the lock, then wake exactly those waiters.
+//! the lock while notifying: publishers collect the waiters of the channels
+//! they touched, release the lock, then settle them (`Wake`): under the lock
+//! once for all of them, each poll that now has its answer is handed it and
+//! taken off its channels; then, with the lock released, exactly those are
+//! woken. A woken poll finds its answer in its own `Waiter` and never takes
+//! the hub's lock again, so N waiters released by one publish do not queue
+//! on the lock one after another.
 //!
 //! Events enter in one of two ways. In memory only, a writer thread calls
 //! `publish_deferred`, which issues the id and stores the event under one
@@ -33,7 +38,7 @@ pub mod stats;
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::time::{Duration, Instant, SystemTime};
 
 use crossbeam_channel::Sender;
@@ -154,6 +159,14 @@ pub struct Hub {
 
 struct Shared {
     state: Mutex<State>,
+    /// Polls and streams holding a wait slot (registered, or being answered
+    /// after a wait). Taken under the lock (`begin_poll`: the cap check and
+    /// the increment are one step), given back without it (a poll's
+    /// `Ticket` drop), so that N answered waiters do not queue on the lock
+    /// once more each after writing their answers.
+    waiters: AtomicUsize,
+    /// Chains `Wake` wakes answered polls in: one per core, at most 4.
+    wake_chains: usize,
     limits: HubLimits,
     backing: Backing,
     started: Instant,
@@ -209,10 +222,7 @@ struct State {
     stored_bytes: usize,
     next_generation: u64,
     next_waiter_id: WaiterId,
-    /// Polls and streams holding a wait slot (registered, or being answered
-    /// after a wait).
-    waiters: usize,
-    /// Of those, open streams.
+    /// Of the wait slots taken (`Shared::waiters`), those of open streams.
     streams: usize,
     peak_waiters: usize,
     /// Slots held per client (`PollSpec::client`), with
@@ -238,16 +248,122 @@ pub enum Answer {
     Gone { channel: String },
 }
 
-/// Condvars of waiters to wake; notifies them when dropped (outside the lock).
+/// One waiting poll or stream: what it waits for, and where it is told.
+/// Shared by its `Ticket` (the waiting thread), the lists of its channels
+/// and its `EarlyAnswer`.
+#[derive(Debug)]
+struct Waiter {
+    id: WaiterId,
+    /// Its channels, with the generation of each when it registered.
+    channels: Vec<(Arc<str>, u64)>,
+    /// A poll's cursor and limit (a stream keeps its moving cursor in its
+    /// `Ticket`; it is never handed an answer).
+    cursor: u64,
+    limit: usize,
+    stream: bool,
+    /// On its channels' waiter lists. Changed only under the hub's lock.
+    registered: AtomicBool,
+    /// What it is told. Its own small lock, taken after the hub's when
+    /// both are held (lock order: `Shared::state`, then `Waiter::note`).
+    note: Mutex<Note>,
+    /// Waits on `note`.
+    condvar: Condvar,
+}
+
+#[derive(Debug, Default)]
+struct Note {
+    /// A poll's answer, decided under the hub's lock by `State::settle`,
+    /// which also took it off its channels.
+    answer: Option<Answer>,
+    /// A stream's: something it waits for may have changed; look again.
+    changed: bool,
+    /// Answer now with what it has (`EarlyAnswer`).
+    answer_now: bool,
+    /// The poll to wake once this one has taken its answer (`Wake`).
+    next: Option<Arc<Waiter>>,
+    /// Its ticket is gone: it will take no answer, so it is left out of a
+    /// chain.
+    gone: bool,
+}
+
+impl Waiter {
+    /// Takes its handed-over answer, if any, waking the next in its chain.
+    fn take_answer(&self) -> Option<Answer> {
+        let mut note = self.note.lock();
+        let answer = note.answer.take()?;
+        let next = note.next.take();
+        drop(note);
+        if let Some(next) = next {
+            next.condvar.notify_one();
+        }
+        Some(answer)
+    }
+}
+
+/// Waiters to settle and wake, once the lock is released: dropping it takes
+/// the lock once for all of them, hands each poll that can be answered its
+/// answer (`State::settle`), then wakes those and every stream.
+///
+/// The answered polls are woken in chains, one per core: only the first of
+/// each is woken here, and each wakes the next as it takes its answer
+/// (before it writes, so a client that does not read holds up nobody).
+/// Waking N threads at once would make N runnable together on a device
+/// with one to four cores, where they (and the clients on the same
+/// machine) then wait on each other for the CPU: measured on 2 cores, 500
+/// polls woken at once were served slower than when each woke one lock
+/// holder at a time (benchmarks, scenario 2).
 #[must_use = "dropping it wakes the waiters"]
-pub struct Wake(Vec<Arc<Condvar>>);
+pub struct Wake {
+    hub: Hub,
+    waiters: Vec<Arc<Waiter>>,
+}
 
 impl Drop for Wake {
     fn drop(&mut self) {
-        for condvar in self.0.drain(..) {
-            condvar.notify_one();
+        if self.waiters.is_empty() {
+            return;
+        }
+        let waiters = std::mem::take(&mut self.waiters);
+        let shared = &self.hub.shared;
+        let mut st = shared.state.lock();
+        let mut streams = Vec::new();
+        let mut answered = Vec::new();
+        for waiter in waiters {
+            match st.settle(&waiter) {
+                Settled::Waits => {}
+                Settled::Stream => streams.push(waiter),
+                Settled::Answered(answer) => answered.push((waiter, answer)),
+            }
+        }
+        // Hand over the answers, building each chain from its end, so that
+        // a poll holds its `next` from the moment it can find its answer.
+        let mut heads: Vec<Option<Arc<Waiter>>> = vec![None; shared.wake_chains];
+        for (i, (waiter, answer)) in answered.into_iter().enumerate().rev() {
+            let head = &mut heads[i % shared.wake_chains];
+            let mut note = waiter.note.lock();
+            if note.gone {
+                continue;
+            }
+            note.answer = Some(answer);
+            note.next = head.take();
+            drop(note);
+            *head = Some(waiter);
+        }
+        drop(st);
+        for waiter in heads.into_iter().flatten().chain(streams) {
+            waiter.condvar.notify_one();
         }
     }
+}
+
+/// What `State::settle` decided for a waiter.
+enum Settled {
+    /// Nothing for it yet (or it was answered before).
+    Waits,
+    /// A stream, told to look again.
+    Stream,
+    /// A poll taken off its channels, with its answer to hand over.
+    Answered(Answer),
 }
 
 /// The outcome of `begin_poll`.
@@ -260,16 +376,10 @@ pub enum PollStart {
 /// unregisters the poll and frees the slot, whatever happened before.
 pub struct Ticket {
     hub: Hub,
-    id: WaiterId,
-    channels: Vec<(Arc<str>, u64)>,
+    waiter: Arc<Waiter>,
+    /// A stream's cursor, advanced as it writes (a poll's is its waiter's).
     cursor: u64,
-    limit: usize,
     deadline: Instant,
-    condvar: Arc<Condvar>,
-    /// Set (under the hub's lock) to answer the poll now with what it has.
-    answer_now: Arc<AtomicBool>,
-    /// A stream (`Hub::next_for_stream`), not a poll.
-    stream: bool,
     /// A stream's gap to announce although nothing was dropped after its
     /// cursor (the cursor was one this server cannot have issued).
     gap_pending: bool,
@@ -285,9 +395,7 @@ pub struct Ticket {
 /// handle the writer keeps while the poll is held.
 #[derive(Clone)]
 pub struct EarlyAnswer {
-    hub: Hub,
-    condvar: Arc<Condvar>,
-    answer_now: Arc<AtomicBool>,
+    waiter: Arc<Waiter>,
 }
 
 /// What a stream writes next (`Hub::next_for_stream`).
@@ -313,15 +421,13 @@ pub enum StreamStep {
 impl Ticket {
     /// Whether this is a stream's ticket.
     pub fn is_stream(&self) -> bool {
-        self.stream
+        self.waiter.stream
     }
 
     /// A handle to answer this poll before its deadline.
     pub fn early_answer(&self) -> EarlyAnswer {
         EarlyAnswer {
-            hub: self.hub.clone(),
-            condvar: self.condvar.clone(),
-            answer_now: self.answer_now.clone(),
+            waiter: self.waiter.clone(),
         }
     }
 }
@@ -329,12 +435,10 @@ impl Ticket {
 impl EarlyAnswer {
     /// Makes the poll answer now: its events if it has some, else `204`.
     pub fn answer_now(&self) {
-        // Set under the lock, so that a waiter between its check and its
-        // wait cannot miss it; notified after.
-        let st = self.hub.shared.state.lock();
-        self.answer_now.store(true, Relaxed);
-        drop(st);
-        self.condvar.notify_one();
+        // Set under the waiter's lock, so that a waiter between its check
+        // and its wait cannot miss it; notified after.
+        self.waiter.note.lock().answer_now = true;
+        self.waiter.condvar.notify_one();
     }
 }
 
@@ -384,13 +488,14 @@ impl Hub {
                     stored_bytes: 0,
                     next_generation: 1,
                     next_waiter_id: 1,
-                    waiters: 0,
                     streams: 0,
                     peak_waiters: 0,
                     slots_by_client: HashMap::new(),
                     streams_epoch: 0,
                     shutting_down: false,
                 }),
+                waiters: AtomicUsize::new(0),
+                wake_chains: std::thread::available_parallelism().map_or(1, |n| n.get().min(4)),
                 limits,
                 backing,
                 started: Instant::now(),
@@ -432,7 +537,7 @@ impl Hub {
         let counters = &self.shared.counters;
         counters.events_published.fetch_add(1, Relaxed);
         counters.events_dropped.fetch_add(dropped as u64, Relaxed);
-        Ok((event, Wake(wake)))
+        Ok((event, self.wake(wake)))
     }
 
     /// Refuses a publish on `channel` that could not be stored now (shutting
@@ -483,7 +588,7 @@ impl Hub {
         let counters = &self.shared.counters;
         counters.events_published.fetch_add(published, Relaxed);
         self.count_dropped(dropped);
-        Wake(wake)
+        self.wake(wake)
     }
 
     /// Starts rebuilding the state a store kept: `tombstones` are channels
@@ -649,7 +754,8 @@ impl Hub {
                 });
             }
         }
-        if st.waiters >= limits.max_waiters {
+        let waiters = self.shared.waiters.load(Relaxed);
+        if waiters >= limits.max_waiters {
             drop(st);
             self.shared.counters.polls_rejected.fetch_add(1, Relaxed);
             return Err(Error::Busy {
@@ -674,7 +780,6 @@ impl Hub {
 
         let id = st.next_waiter_id;
         st.next_waiter_id += 1;
-        let condvar = Arc::new(Condvar::new());
         let mut channels = Vec::with_capacity(names.len());
         for name in names {
             let name: Arc<str> = match st.channels.get_key_value(name) {
@@ -688,16 +793,29 @@ impl Hub {
                     key
                 }
             };
-            let ch = st.channels.get_mut(&name).expect("present");
-            ch.waiters.insert(id, condvar.clone());
-            channels.push((name, ch.generation));
+            let generation = st.channels[&name].generation;
+            channels.push((name, generation));
         }
-        st.waiters += 1;
+        let waiter = Arc::new(Waiter {
+            id,
+            channels,
+            cursor,
+            limit: spec.limit,
+            stream: spec.stream,
+            registered: AtomicBool::new(true),
+            note: Mutex::default(),
+            condvar: Condvar::new(),
+        });
+        for (name, _) in &waiter.channels {
+            let ch = st.channels.get_mut(name).expect("present");
+            ch.waiters.insert(id, waiter.clone());
+        }
+        self.shared.waiters.fetch_add(1, Relaxed);
         st.streams += usize::from(spec.stream);
         if let Some(client) = client {
             *st.slots_by_client.entry(client.clone()).or_default() += 1;
         }
-        st.peak_waiters = st.peak_waiters.max(st.waiters);
+        st.peak_waiters = st.peak_waiters.max(waiters + 1);
         let deadline = match (spec.stream, limits.max_stream) {
             (false, _) => now + spec.timeout + jitter(spec.timeout),
             (true, Some(max_stream)) => now + max_stream,
@@ -705,14 +823,9 @@ impl Hub {
         };
         Ok(PollStart::Wait(Ticket {
             hub: self.clone(),
-            id,
-            channels,
+            waiter,
             cursor,
-            limit: spec.limit,
             deadline,
-            condvar,
-            answer_now: Arc::default(),
-            stream: spec.stream,
             gap_pending: spec.stream && future,
             gap_told_through: 0,
             streams_epoch: st.streams_epoch,
@@ -723,40 +836,41 @@ impl Hub {
     /// Blocks until the ticket's poll can be answered: events newer than its
     /// cursor, its deadline, deletion of one of its channels, or shutdown.
     /// Unregisters the poll from its channels; the slot stays taken until the
-    /// ticket is dropped (after the answer is written).
-    pub fn wait(&self, ticket: &Ticket) -> Answer {
-        let names: Vec<&str> = ticket.channels.iter().map(|(n, _)| &**n).collect();
+    /// ticket is dropped (after the answer is written). Woken by a `Wake`, it
+    /// finds its answer handed over and does not take the hub's lock; it
+    /// takes it only at its deadline or when told to answer now.
+    pub fn wait(&self, ticket: &mut Ticket) -> Answer {
+        let waiter = &ticket.waiter;
+        debug_assert!(!waiter.stream);
+        let mut note = waiter.note.lock();
+        while note.answer.is_none() && !note.answer_now && Instant::now() < ticket.deadline {
+            waiter.condvar.wait_until(&mut note, ticket.deadline);
+        }
+        let answer_now = note.answer_now;
+        drop(note);
+        if let Some(answer) = waiter.take_answer() {
+            return answer;
+        }
         let mut st = self.shared.state.lock();
-        let answer = loop {
-            if st.shutting_down {
-                break Answer::Empty { missed: false };
+        if waiter.note.lock().answer.is_some() {
+            // Settled since the check above.
+            drop(st);
+            return waiter.take_answer().expect("handed over");
+        }
+        self.expire(&mut st, Instant::now());
+        let answer = match st.answer_for(waiter) {
+            Some(answer) => answer,
+            None => {
+                let names: Vec<&str> = waiter.channels.iter().map(|(n, _)| &**n).collect();
+                if !answer_now {
+                    self.shared.counters.polls_timed_out.fetch_add(1, Relaxed);
+                }
+                Answer::Empty {
+                    missed: st.read(&names, waiter.cursor, waiter.limit).missed,
+                }
             }
-            if let Some(channel) = st.deleted_channel(ticket) {
-                break Answer::Gone { channel };
-            }
-            let now = Instant::now();
-            self.expire(&mut st, now);
-            let batch = st.read(&names, ticket.cursor, ticket.limit);
-            if !batch.events.is_empty() {
-                break Answer::Events {
-                    events: batch.events,
-                    missed: batch.missed,
-                };
-            }
-            if ticket.answer_now.load(Relaxed) {
-                break Answer::Empty {
-                    missed: batch.missed,
-                };
-            }
-            if now >= ticket.deadline {
-                self.shared.counters.polls_timed_out.fetch_add(1, Relaxed);
-                break Answer::Empty {
-                    missed: batch.missed,
-                };
-            }
-            ticket.condvar.wait_until(&mut st, ticket.deadline);
         };
-        st.unregister(ticket);
+        st.unregister(waiter);
         answer
     }
 
@@ -766,20 +880,27 @@ impl Hub {
     /// stays registered on its channels in between, so nothing published
     /// while it writes is missed (the next call finds it).
     pub fn next_for_stream(&self, ticket: &mut Ticket, heartbeat_at: Instant) -> StreamStep {
-        debug_assert!(ticket.stream);
-        let names: Vec<Arc<str>> = ticket.channels.iter().map(|(n, _)| n.clone()).collect();
-        let names: Vec<&str> = names.iter().map(|n| &**n).collect();
-        let mut st = self.shared.state.lock();
+        let waiter = ticket.waiter.clone();
+        debug_assert!(waiter.stream);
+        let names: Vec<&str> = waiter.channels.iter().map(|(n, _)| &**n).collect();
         loop {
+            let mut st = self.shared.state.lock();
+            // Whatever woke it is looked at now; a change after this sets
+            // `changed` again (under this lock), so it is not missed.
+            let answer_now = {
+                let mut note = waiter.note.lock();
+                note.changed = false;
+                note.answer_now
+            };
             if st.shutting_down {
                 return StreamStep::End;
             }
-            if let Some(channel) = st.deleted_channel(ticket) {
+            if let Some(channel) = st.deleted_channel(&waiter) {
                 return StreamStep::Gone { channel };
             }
             let now = Instant::now();
             self.expire(&mut st, now);
-            let batch = st.read(&names, ticket.cursor, ticket.limit);
+            let batch = st.read(&names, ticket.cursor, waiter.limit);
             // A gap is announced once: later reads below the same drops
             // (several channels, a small limit) do not repeat it.
             let new_gap = batch.missed && batch.dropped_through > ticket.gap_told_through;
@@ -797,15 +918,19 @@ impl Hub {
                 return StreamStep::Missed;
             }
             let renewed = st.streams_epoch != ticket.streams_epoch;
-            if ticket.answer_now.load(Relaxed) || now >= ticket.deadline || renewed {
+            if answer_now || now >= ticket.deadline || renewed {
                 return StreamStep::End;
             }
             if now >= heartbeat_at {
                 return StreamStep::Heartbeat;
             }
-            ticket
-                .condvar
-                .wait_until(&mut st, ticket.deadline.min(heartbeat_at));
+            drop(st);
+            let mut note = waiter.note.lock();
+            if !note.changed && !note.answer_now {
+                waiter
+                    .condvar
+                    .wait_until(&mut note, ticket.deadline.min(heartbeat_at));
+            }
         }
     }
 
@@ -813,9 +938,17 @@ impl Hub {
     /// only: with a store, deletions enter through `apply` once committed).
     pub fn delete(&self, channel: &str) {
         let mut st = self.shared.state.lock();
-        let wake = st.delete(channel);
+        let waiters = st.delete(channel);
         drop(st);
-        drop(Wake(wake));
+        drop(self.wake(waiters));
+    }
+
+    /// Settles and wakes `waiters` when dropped (after the lock is released).
+    fn wake(&self, waiters: Vec<Arc<Waiter>>) -> Wake {
+        Wake {
+            hub: self.clone(),
+            waiters,
+        }
     }
 
     /// Drops events past `--event-ttl` (and counts them), under the lock.
@@ -853,9 +986,9 @@ impl Hub {
         st.streams_epoch += 1;
         // The hub does not know which waiters are streams: every waiter is
         // woken, and polls find nothing new and wait on.
-        let wake = st.all_waiters();
+        let waiters = st.all_waiters();
         drop(st);
-        drop(wake);
+        drop(self.wake(waiters));
     }
 
     /// Counts a request refused by the access rules or a client's share.
@@ -867,9 +1000,9 @@ impl Hub {
     pub fn shut_down(&self) {
         let mut st = self.shared.state.lock();
         st.shutting_down = true;
-        let wake = st.all_waiters();
+        let waiters = st.all_waiters();
         drop(st);
-        drop(wake);
+        drop(self.wake(waiters));
     }
 
     /// Counts events written to clients.
@@ -922,7 +1055,7 @@ impl Hub {
             let mut st = self.shared.state.lock();
             self.expire(&mut st, Instant::now());
             (
-                st.waiters,
+                self.shared.waiters.load(Relaxed),
                 st.streams,
                 st.peak_waiters,
                 st.channels.len(),
@@ -966,30 +1099,89 @@ impl Hub {
 
 impl Drop for Ticket {
     fn drop(&mut self) {
-        let mut st = self.hub.shared.state.lock();
-        st.unregister(self);
-        st.waiters -= 1;
-        st.streams -= usize::from(self.stream);
-        if let Some(client) = &self.client {
-            if let Some(held) = st.slots_by_client.get_mut(client) {
-                *held -= 1;
-                if *held == 0 {
-                    st.slots_by_client.remove(client);
+        let shared = &self.hub.shared;
+        let waiter = &self.waiter;
+        // A poll that was answered is on no list: its slot is given back
+        // without the lock (the common case, N times after each fan-out).
+        if !waiter.stream {
+            // Not waiting any more: out of any chain, passing its turn on.
+            let next = {
+                let mut note = waiter.note.lock();
+                note.gone = true;
+                note.next.take()
+            };
+            if let Some(next) = next {
+                next.condvar.notify_one();
+            }
+        }
+        if waiter.registered.load(Relaxed) || waiter.stream || self.client.is_some() {
+            let mut st = shared.state.lock();
+            if waiter.registered.load(Relaxed) {
+                st.unregister(waiter);
+            }
+            st.streams -= usize::from(waiter.stream);
+            if let Some(client) = &self.client {
+                if let Some(held) = st.slots_by_client.get_mut(client) {
+                    *held -= 1;
+                    if *held == 0 {
+                        st.slots_by_client.remove(client);
+                    }
                 }
             }
         }
+        shared.waiters.fetch_sub(1, Relaxed);
     }
 }
 
 impl State {
     /// Every registered waiter, to wake once the lock is released.
-    fn all_waiters(&self) -> Wake {
-        Wake(
-            self.channels
-                .values()
-                .flat_map(|c| c.waiters.values().cloned())
-                .collect(),
-        )
+    fn all_waiters(&self) -> Vec<Arc<Waiter>> {
+        let mut all: Vec<Arc<Waiter>> = self
+            .channels
+            .values()
+            .flat_map(|c| c.waiters.values().cloned())
+            .collect();
+        // A waiter on several channels is settled once.
+        all.sort_unstable_by_key(|w| w.id);
+        all.dedup_by_key(|w| w.id);
+        all
+    }
+
+    /// Decides for a waiter a `Wake` named (under the lock): a poll that
+    /// can be answered now (events after its cursor, a deleted channel, or
+    /// shutdown) is taken off its channels, its answer to be handed over;
+    /// a stream is told to look again.
+    fn settle(&mut self, waiter: &Waiter) -> Settled {
+        if !waiter.registered.load(Relaxed) {
+            // Answered already (another wake, its deadline, or a repeat).
+            return Settled::Waits;
+        }
+        if waiter.stream {
+            waiter.note.lock().changed = true;
+            return Settled::Stream;
+        }
+        let Some(answer) = self.answer_for(waiter) else {
+            return Settled::Waits;
+        };
+        self.unregister(waiter);
+        Settled::Answered(answer)
+    }
+
+    /// What a poll gets now if it need not wait on: `204` at shutdown,
+    /// `410` if one of its channels was deleted, its events if it has some.
+    fn answer_for(&self, waiter: &Waiter) -> Option<Answer> {
+        if self.shutting_down {
+            return Some(Answer::Empty { missed: false });
+        }
+        if let Some(channel) = self.deleted_channel(waiter) {
+            return Some(Answer::Gone { channel });
+        }
+        let names: Vec<&str> = waiter.channels.iter().map(|(n, _)| &**n).collect();
+        let batch = self.read(&names, waiter.cursor, waiter.limit);
+        (!batch.events.is_empty()).then_some(Answer::Events {
+            events: batch.events,
+            missed: batch.missed,
+        })
     }
 
     /// Removes a channel that holds nothing and has no waiters. If it lost
@@ -1091,7 +1283,7 @@ impl State {
         name: &str,
         event: Arc<Event>,
         limits: &HubLimits,
-    ) -> (Vec<Arc<Condvar>>, usize) {
+    ) -> (Vec<Arc<Waiter>>, usize) {
         let mut dropped = 0;
         let name = match self.channels.get_key_value(name) {
             Some((key, _)) => key.clone(),
@@ -1112,7 +1304,7 @@ impl State {
         };
         let ch = self.channels.get_mut(&name).expect("inserted above");
         let overflow = ch.push(event.clone(), limits.buffer_events);
-        let wake: Vec<Arc<Condvar>> = ch.waiters.values().cloned().collect();
+        let wake: Vec<Arc<Waiter>> = ch.waiters.values().cloned().collect();
         self.order.push_back((event.id, name.clone()));
         self.stored_events += 1;
         self.stored_bytes += event.stored_bytes();
@@ -1124,7 +1316,7 @@ impl State {
 
     /// Removes `channel` and its events; returns the condvars of its
     /// waiters, which then find their channel gone.
-    fn delete(&mut self, channel: &str) -> Vec<Arc<Condvar>> {
+    fn delete(&mut self, channel: &str) -> Vec<Arc<Waiter>> {
         self.unbury(channel);
         if let Some(pending) = self.pending.as_mut() {
             // Events dropped before the deletion left the store with it; a
@@ -1182,18 +1374,22 @@ impl State {
 
     /// A channel of the ticket that was deleted since it registered (its
     /// generation is gone), if any.
-    fn deleted_channel(&self, ticket: &Ticket) -> Option<String> {
-        let (name, _) = ticket.channels.iter().find(|(name, generation)| {
+    fn deleted_channel(&self, waiter: &Waiter) -> Option<String> {
+        let (name, _) = waiter.channels.iter().find(|(name, generation)| {
             self.channels.get(name).map(|c| c.generation) != Some(*generation)
         })?;
         Some(name.to_string())
     }
 
-    fn unregister(&mut self, ticket: &Ticket) {
-        for (name, generation) in &ticket.channels {
+    /// Takes `waiter` off its channels' lists (once; later calls do nothing).
+    fn unregister(&mut self, waiter: &Waiter) {
+        if !waiter.registered.swap(false, Relaxed) {
+            return;
+        }
+        for (name, generation) in &waiter.channels {
             if let Some(ch) = self.channels.get_mut(name) {
                 if ch.generation == *generation {
-                    ch.waiters.remove(&ticket.id);
+                    ch.waiters.remove(&waiter.id);
                     self.remove_if_idle(name);
                 }
             }
@@ -1376,11 +1572,11 @@ mod tests {
 
     /// Registers a poll that must wait and waits for it on its own thread.
     fn wait_on_thread(hub: &Hub, spec: PollSpec) -> thread::JoinHandle<Answer> {
-        let PollStart::Wait(ticket) = hub.begin_poll(&spec).unwrap() else {
+        let PollStart::Wait(mut ticket) = hub.begin_poll(&spec).unwrap() else {
             panic!("expected a wait");
         };
         let hub = hub.clone();
-        thread::spawn(move || hub.wait(&ticket))
+        thread::spawn(move || hub.wait(&mut ticket))
     }
 
     fn now(hub: &Hub, spec: &PollSpec) -> Answer {
@@ -1545,16 +1741,82 @@ mod tests {
     }
 
     /// A publish on one of a waiter's channels wakes it with the event, and the slot and channel are freed after.
+    /// One publish answers every poll on the channel, however the wake
+    /// chains run, and hands each the event without it re-reading.
+    #[test]
+    fn one_publish_answers_every_poll_it_releases() {
+        let hub = Hub::new(HubLimits {
+            max_waiters: 64,
+            ..limits()
+        });
+        let (done_tx, done_rx) = crossbeam_channel::unbounded();
+        for _ in 0..64 {
+            let PollStart::Wait(mut ticket) = hub.begin_poll(&spec(&["fan"], 0, 60)).unwrap()
+            else {
+                panic!("expected a wait");
+            };
+            let (hub, done_tx) = (hub.clone(), done_tx.clone());
+            thread::spawn(move || {
+                let answer = hub.wait(&mut ticket);
+                drop(ticket);
+                done_tx.send(answer).unwrap();
+            });
+        }
+        let id = hub.publish("fan", r#""x""#).unwrap().id;
+        for _ in 0..64 {
+            // Hang guard: a broken chain leaves polls waiting their 60 s.
+            let answer = done_rx.recv_timeout(Duration::from_secs(20)).unwrap();
+            assert_eq!(ids(&answer), [id]);
+        }
+        assert_eq!(hub.stats().waiters, 0);
+    }
+
+    /// Regression: a poll handed its answer whose ticket is then dropped
+    /// without taking it (its connection died) must still wake the polls
+    /// chained behind it, which would otherwise wait out their timeout.
+    #[test]
+    fn a_poll_dropped_with_its_answer_unread_passes_its_turn_on() {
+        let hub = Hub::new(HubLimits {
+            max_waiters: 32,
+            ..limits()
+        });
+        let (done_tx, done_rx) = crossbeam_channel::unbounded();
+        let mut unread = Vec::new();
+        for i in 0..32 {
+            let PollStart::Wait(mut ticket) = hub.begin_poll(&spec(&["fan"], 0, 60)).unwrap()
+            else {
+                panic!("expected a wait");
+            };
+            if i % 2 == 0 {
+                unread.push(ticket);
+                continue;
+            }
+            let (hub, done_tx) = (hub.clone(), done_tx.clone());
+            thread::spawn(move || {
+                let answer = hub.wait(&mut ticket);
+                drop(ticket);
+                done_tx.send(answer).unwrap();
+            });
+        }
+        let id = hub.publish("fan", r#""x""#).unwrap().id;
+        drop(unread);
+        for _ in 0..16 {
+            let answer = done_rx.recv_timeout(Duration::from_secs(20)).unwrap();
+            assert_eq!(ids(&answer), [id]);
+        }
+        assert_eq!(hub.stats().waiters, 0);
+    }
+
     #[test]
     fn a_publish_wakes_the_waiter_of_its_channel() {
         let hub = Hub::new(limits());
-        let PollStart::Wait(ticket) = hub.begin_poll(&spec(&["a", "b"], 0, 60)).unwrap() else {
+        let PollStart::Wait(mut ticket) = hub.begin_poll(&spec(&["a", "b"], 0, 60)).unwrap() else {
             panic!("expected a wait");
         };
         let waiter = {
             let hub = hub.clone();
             thread::spawn(move || {
-                let answer = hub.wait(&ticket);
+                let answer = hub.wait(&mut ticket);
                 drop(ticket);
                 answer
             })

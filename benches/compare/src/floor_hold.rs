@@ -1,15 +1,17 @@
-//! The floor for scenario 1 (memory per held poll): the thread-per-waiter
-//! hold at its barest. A poll with nothing after its cursor is held by its
-//! own thread (64 KiB stack, as abide's waiters) blocked on the floor's one
-//! condvar until a publish brings an event after its cursor (then `200`)
-//! or its `timeout` passes (then `204`). So a held poll costs two blocked
-//! threads, as in abide: tiny_http's connection thread (128 KiB stack, from
-//! `RUST_MIN_STACK=131072`, which the harness sets as abide does for
-//! itself) waiting for the answer, and this waiter.
+//! The floor of the design for scenarios 1 to 3 (memory per held poll,
+//! fan-out, deliveries): the thread-per-waiter hold at its barest. A poll
+//! with nothing after its cursor is held by a thread spawned for it (64 KiB
+//! stack, as abide's waiters) blocked on the floor's one condvar until a
+//! publish brings an event after its cursor (then `200`) or its `timeout`
+//! passes (then `204`); that thread writes the answer. So a held poll costs
+//! two blocked threads, as in abide: tiny_http's connection thread (128 KiB
+//! stack, from `RUST_MIN_STACK=131072`, which the harness sets as abide
+//! does for itself) waiting for the answer, and this waiter.
 //!
-//! Omitted on purpose: one condvar per waiter (a publish wakes every
-//! waiter; scenario 1 has one channel), timeout jitter, and everything
-//! `floor_server.rs` omits. Runs in `compare serve-floor --hold-threads`.
+//! Omitted on purpose: a pool of waiter threads (each wait spawns one), one
+//! condvar per waiter (a publish wakes every waiter; the scenarios use one
+//! channel), timeout jitter, and everything `floor_server.rs` omits. Runs in
+//! `compare serve-floor --hold-threads`.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

@@ -55,7 +55,13 @@ pub struct Floor {
     pub wake: Condvar,
     buffer: usize,
     hold_threads: bool,
+    /// Hold floor only: set when requests arrived since the last kick.
+    kick: Mutex<bool>,
+    kick_wake: Condvar,
 }
+
+/// The hold floor kicks at most once per this interval (as abide).
+const KICK_INTERVAL: std::time::Duration = std::time::Duration::from_millis(100);
 
 pub fn main(threads: usize, hold_threads: bool, listen: SocketAddr, buffer: usize) {
     let _ = rlimit::increase_nofile_limit(u64::MAX);
@@ -103,7 +109,13 @@ pub fn main(threads: usize, hold_threads: bool, listen: SocketAddr, buffer: usiz
         wake: Condvar::new(),
         buffer,
         hold_threads,
+        kick: Mutex::new(false),
+        kick_wake: Condvar::new(),
     });
+    if hold_threads {
+        let floor = floor.clone();
+        std::thread::spawn(move || floor.kicker(listen));
+    }
     let workers: Vec<_> = (0..threads.max(1))
         .map(|_| {
             let (server, floor) = (server.clone(), floor.clone());
@@ -122,7 +134,35 @@ pub fn main(threads: usize, hold_threads: bool, listen: SocketAddr, buffer: usiz
 }
 
 impl Floor {
+    /// The hold floor keeps no idle connection thread (as abide, so that
+    /// its memory compares), so tiny_http's pool can leave a new connection
+    /// unread until another one ends; abide's kicker works around it, and so
+    /// does this one, the same way: after requests arrive, open and close a
+    /// connection to ourselves (at most once per `KICK_INTERVAL`). Idle, it
+    /// blocks.
+    fn kicker(&self, listen: SocketAddr) {
+        loop {
+            let mut requested = self.kick.lock().unwrap();
+            while !*requested {
+                requested = self.kick_wake.wait(requested).unwrap();
+            }
+            *requested = false;
+            drop(requested);
+            let _ =
+                std::net::TcpStream::connect_timeout(&listen, std::time::Duration::from_secs(1));
+            let quiet = self.kick.lock().unwrap();
+            drop(self.kick_wake.wait_timeout(quiet, KICK_INTERVAL).unwrap());
+        }
+    }
+
     fn handle(self: &Arc<Self>, mut request: Request) {
+        if self.hold_threads {
+            let mut requested = self.kick.lock().unwrap();
+            if !*requested {
+                *requested = true;
+                self.kick_wake.notify_one();
+            }
+        }
         let url = request.url().to_string();
         let (path, query) = url.split_once('?').unwrap_or((&url, ""));
         if path == "/stats" {

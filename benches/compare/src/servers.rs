@@ -70,7 +70,7 @@ impl Kind {
     /// they are a floor (the hold in 1, the inline servers in 3 and 4).
     pub fn in_scenario(self, scenario: u8) -> bool {
         match self {
-            Kind::FloorHold => scenario == 1,
+            Kind::FloorHold => scenario <= 3,
             Kind::FloorInline1 | Kind::FloorInlineN => scenario == 3 || scenario == 4,
             _ => true,
         }
