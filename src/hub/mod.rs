@@ -1538,6 +1538,7 @@ fn too_many_channels(max: usize) -> Error {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crossbeam_channel::Sender;
     use std::thread;
 
     fn limits() -> HubLimits {
@@ -1568,6 +1569,16 @@ mod tests {
             Answer::Events { events, .. } => events.iter().map(|e| e.id).collect(),
             other => panic!("no events: {other:?}"),
         }
+    }
+
+    /// Waits for `ticket` on its own thread, then sends its answer to `done`.
+    fn send_answer_on_thread(hub: &Hub, mut ticket: Ticket, done: Sender<Answer>) {
+        let hub = hub.clone();
+        thread::spawn(move || {
+            let answer = hub.wait(&mut ticket);
+            drop(ticket);
+            done.send(answer).unwrap();
+        });
     }
 
     /// Registers a poll that must wait and waits for it on its own thread.
@@ -1751,16 +1762,10 @@ mod tests {
         });
         let (done_tx, done_rx) = crossbeam_channel::unbounded();
         for _ in 0..64 {
-            let PollStart::Wait(mut ticket) = hub.begin_poll(&spec(&["fan"], 0, 60)).unwrap()
-            else {
+            let PollStart::Wait(ticket) = hub.begin_poll(&spec(&["fan"], 0, 60)).unwrap() else {
                 panic!("expected a wait");
             };
-            let (hub, done_tx) = (hub.clone(), done_tx.clone());
-            thread::spawn(move || {
-                let answer = hub.wait(&mut ticket);
-                drop(ticket);
-                done_tx.send(answer).unwrap();
-            });
+            send_answer_on_thread(&hub, ticket, done_tx.clone());
         }
         let id = hub.publish("fan", r#""x""#).unwrap().id;
         for _ in 0..64 {
@@ -1783,20 +1788,14 @@ mod tests {
         let (done_tx, done_rx) = crossbeam_channel::unbounded();
         let mut unread = Vec::new();
         for i in 0..32 {
-            let PollStart::Wait(mut ticket) = hub.begin_poll(&spec(&["fan"], 0, 60)).unwrap()
-            else {
+            let PollStart::Wait(ticket) = hub.begin_poll(&spec(&["fan"], 0, 60)).unwrap() else {
                 panic!("expected a wait");
             };
             if i % 2 == 0 {
                 unread.push(ticket);
                 continue;
             }
-            let (hub, done_tx) = (hub.clone(), done_tx.clone());
-            thread::spawn(move || {
-                let answer = hub.wait(&mut ticket);
-                drop(ticket);
-                done_tx.send(answer).unwrap();
-            });
+            send_answer_on_thread(&hub, ticket, done_tx.clone());
         }
         let id = hub.publish("fan", r#""x""#).unwrap().id;
         drop(unread);
