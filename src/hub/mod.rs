@@ -861,12 +861,11 @@ impl Hub {
         let answer = match st.answer_for(waiter) {
             Some(answer) => answer,
             None => {
-                let names: Vec<&str> = waiter.channels.iter().map(|(n, _)| &**n).collect();
                 if !answer_now {
                     self.shared.counters.polls_timed_out.fetch_add(1, Relaxed);
                 }
                 Answer::Empty {
-                    missed: st.read(&names, waiter.cursor, waiter.limit).missed,
+                    missed: st.read_for(waiter, waiter.cursor).missed,
                 }
             }
         };
@@ -882,7 +881,6 @@ impl Hub {
     pub fn next_for_stream(&self, ticket: &mut Ticket, heartbeat_at: Instant) -> StreamStep {
         let waiter = ticket.waiter.clone();
         debug_assert!(waiter.stream);
-        let names: Vec<&str> = waiter.channels.iter().map(|(n, _)| &**n).collect();
         loop {
             let mut st = self.shared.state.lock();
             // Whatever woke it is looked at now; a change after this sets
@@ -900,7 +898,7 @@ impl Hub {
             }
             let now = Instant::now();
             self.expire(&mut st, now);
-            let batch = st.read(&names, ticket.cursor, waiter.limit);
+            let batch = st.read_for(&waiter, ticket.cursor);
             // A gap is announced once: later reads below the same drops
             // (several channels, a small limit) do not repeat it.
             let new_gap = batch.missed && batch.dropped_through > ticket.gap_told_through;
@@ -1176,8 +1174,7 @@ impl State {
         if let Some(channel) = self.deleted_channel(waiter) {
             return Some(Answer::Gone { channel });
         }
-        let names: Vec<&str> = waiter.channels.iter().map(|(n, _)| &**n).collect();
-        let batch = self.read(&names, waiter.cursor, waiter.limit);
+        let batch = self.read_for(waiter, waiter.cursor);
         (!batch.events.is_empty()).then_some(Answer::Events {
             events: batch.events,
             missed: batch.missed,
@@ -1339,6 +1336,18 @@ impl State {
     fn new_generation(&mut self) -> u64 {
         self.next_generation += 1;
         self.next_generation
+    }
+
+    /// `read` on a waiter's channels; for one channel (the usual case, N
+    /// times per fan-out under the lock) without allocating the list.
+    fn read_for(&self, waiter: &Waiter, cursor: u64) -> Batch {
+        match waiter.channels.as_slice() {
+            [(name, _)] => self.read(&[&**name], cursor, waiter.limit),
+            channels => {
+                let names: Vec<&str> = channels.iter().map(|(n, _)| &**n).collect();
+                self.read(&names, cursor, waiter.limit)
+            }
+        }
     }
 
     /// Events after `cursor` on `names`, merged ascending by id, at most
