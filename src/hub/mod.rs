@@ -840,7 +840,7 @@ impl Hub {
     /// ticket is dropped (after the answer is written). Woken by a `Wake`, it
     /// finds its answer handed over and does not take the hub's lock; it
     /// takes it only at its deadline or when told to answer now.
-    pub fn wait(&self, ticket: &mut Ticket) -> Answer {
+    pub fn wait(&self, ticket: &Ticket) -> Answer {
         let waiter = &ticket.waiter;
         debug_assert!(!waiter.stream);
         let mut note = waiter.note.lock();
@@ -1133,17 +1133,13 @@ impl Drop for Ticket {
 }
 
 impl State {
-    /// Every registered waiter, to wake once the lock is released.
+    /// Every registered waiter, to wake once the lock is released (one on
+    /// several channels appears once for each: `settle` takes repeats).
     fn all_waiters(&self) -> Vec<Arc<Waiter>> {
-        let mut all: Vec<Arc<Waiter>> = self
-            .channels
+        self.channels
             .values()
             .flat_map(|c| c.waiters.values().cloned())
-            .collect();
-        // A waiter on several channels is settled once.
-        all.sort_unstable_by_key(|w| w.id);
-        all.dedup_by_key(|w| w.id);
-        all
+            .collect()
     }
 
     /// Decides for a waiter a `Wake` named (under the lock): a poll that
@@ -1582,10 +1578,10 @@ mod tests {
     }
 
     /// Waits for `ticket` on its own thread, then sends its answer to `done`.
-    fn send_answer_on_thread(hub: &Hub, mut ticket: Ticket, done: Sender<Answer>) {
+    fn send_answer_on_thread(hub: &Hub, ticket: Ticket, done: Sender<Answer>) {
         let hub = hub.clone();
         thread::spawn(move || {
-            let answer = hub.wait(&mut ticket);
+            let answer = hub.wait(&ticket);
             drop(ticket);
             done.send(answer).unwrap();
         });
@@ -1593,11 +1589,11 @@ mod tests {
 
     /// Registers a poll that must wait and waits for it on its own thread.
     fn wait_on_thread(hub: &Hub, spec: PollSpec) -> thread::JoinHandle<Answer> {
-        let PollStart::Wait(mut ticket) = hub.begin_poll(&spec).unwrap() else {
+        let PollStart::Wait(ticket) = hub.begin_poll(&spec).unwrap() else {
             panic!("expected a wait");
         };
         let hub = hub.clone();
-        thread::spawn(move || hub.wait(&mut ticket))
+        thread::spawn(move || hub.wait(&ticket))
     }
 
     fn now(hub: &Hub, spec: &PollSpec) -> Answer {
@@ -1819,13 +1815,13 @@ mod tests {
     #[test]
     fn a_publish_wakes_the_waiter_of_its_channel() {
         let hub = Hub::new(limits());
-        let PollStart::Wait(mut ticket) = hub.begin_poll(&spec(&["a", "b"], 0, 60)).unwrap() else {
+        let PollStart::Wait(ticket) = hub.begin_poll(&spec(&["a", "b"], 0, 60)).unwrap() else {
             panic!("expected a wait");
         };
         let waiter = {
             let hub = hub.clone();
             thread::spawn(move || {
-                let answer = hub.wait(&mut ticket);
+                let answer = hub.wait(&ticket);
                 drop(ticket);
                 answer
             })
