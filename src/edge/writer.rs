@@ -846,10 +846,10 @@ impl Writer {
             } if ticket.is_stream() => (self.stream(request, ticket, started), true),
             Work::Wait {
                 request,
-                mut ticket,
+                ticket,
                 started,
             } => {
-                let answer = catch_unwind(AssertUnwindSafe(|| self.hub.wait(&mut ticket)));
+                let answer = catch_unwind(AssertUnwindSafe(|| self.hub.wait(&ticket)));
                 let reply = match answer {
                     Ok(answer) => Reply::poll(answer),
                     Err(_) => Reply::error(&Error::Internal(
